@@ -1,0 +1,351 @@
+"""Generate a deterministic BELKA-format data set, so a fresh clone runs the pipeline with no download.
+
+The chemistry follows BELKA's DNA-encoded library: a 1,3,5-triazine core carrying three building blocks.
+Building block 1 is an amino acid, listed Fmoc-protected as Kaggle writes it; in the molecule its amine sits on the
+triazine and its acid is the DNA-linked amide ``C(=O)N[Dy]``. Building blocks 2 and 3 are amines. Every training
+molecule appears once per protein, in the order BRD4, HSA, sEH.
+
+Labels come from a hidden structure-activity rule: each protein weighs substructures of the three building blocks,
+plus noise, and the top ``positive_rate`` (protein-specific, sEH highest as in BELKA) binds. A model can learn it
+from fingerprints, including for building blocks it never saw.
+
+Like BELKA's test set, the test set has molecules made only of building blocks seen in training (all three
+proteins each) and molecules with at least one test-only building block (one protein each).
+
+Molecules are drawn in fixed chunks, each from its own seeded generator, and combinations are assigned to train or
+test by a hash, so growing ``train_molecules`` appends rows to train and leaves test untouched (scenario A), and
+changing the test sizes leaves train untouched (scenario C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, run_main, setup_logging, write_parquet
+from stages.params import PROTEINS, Generate, load_params
+
+log = logging.getLogger("stages.generate")
+
+DEFAULT_OUT_DIR = Path("data/generated")
+FIRST_TEST_ID = 295_246_830  # Kaggle's test ids start after the 295,246,830 training rows
+CHUNK = 1_000
+# BELKA's positive rates per protein relative to the overall 0.54%: BRD4 0.46%, HSA 0.42%, sEH 0.74%.
+RELATIVE_RATE = {"BRD4": 0.46 / 0.54, "HSA": 0.42 / 0.54, "sEH": 0.74 / 0.54}
+FMOC = "O=C(OCC1c2ccccc2-c2ccccc21)"
+TRIAZINE = "c%98({})nc({})nc({})n%98"
+
+_SUBSTITUENTS = [
+    "F", "Cl", "Br", "C", "OC", "C#N", "C(F)(F)F", "C(=O)OC", "S(C)(=O)=O",
+    "C(N)=O", "[N+](=O)[O-]", "OC(F)(F)F", "CC", "C(C)C", "O", "I", "N(C)C", "C(C)=O",
+]  # fmt: skip
+_AMINES_FIXED = [
+    "Nc1nccs1", "Nc1ccn(C)n1", "Nc1cnc2ccccc2c1", "Nc1ccc2[nH]ccc2c1", "Nc1ncccn1", "Nc1cc(C)on1",
+    "Nc1nc(C)cs1", "Nc1ccc2c(c1)OCO2", "Nc1cccc2ccccc12", "Nc1ccc2ncccc2c1", "Nc1cccnc1", "Nc1ccncc1",
+    "NCC1CC1", "NCCc1ccccc1", "NCCN1CCOCC1", "NCC(C)C", "NC1CCCCC1", "NC1CCOCC1", "NCCO", "NCCOC",
+    "NCC(F)(F)F", "NCc1ccco1", "NCc1cccs1", "NCc1ccncc1", "NC(C)c1ccccc1", "NCCS(C)(=O)=O", "NC1CC1",
+    "NCC#C", "NCCCn1ccnc1", "NCC1CCCO1", "NCCC(=O)OC", "NCc1cn(C)nc1", "NC1CCN(C(=O)OC(C)(C)C)CC1",
+    "NCC(=O)N(C)C", "NCc1ccc2c(c1)OCO2", "NC(C)(C)C", "NCC1CCCCC1", "NCCc1ccc(O)cc1", "NCc1nccs1",
+]  # fmt: skip
+_AMINO_ACIDS_FIXED = [
+    "NCC(=O)O", "N[C@@H](C)C(=O)O", "N[C@@H](C(C)C)C(=O)O", "N[C@@H](CC(C)C)C(=O)O", "N[C@@H]([C@@H](C)CC)C(=O)O",
+    "N[C@@H](Cc1ccccc1)C(=O)O", "N[C@@H](Cc1ccc(O)cc1)C(=O)O", "N[C@@H](Cc1c[nH]c2ccccc12)C(=O)O",
+    "N[C@@H](CO)C(=O)O", "N[C@@H]([C@@H](C)O)C(=O)O", "N[C@@H](CCSC)C(=O)O", "N[C@@H](CC(N)=O)C(=O)O",
+    "N[C@@H](CCC(N)=O)C(=O)O", "N[C@@H](CC(=O)O)C(=O)O", "N[C@@H](CCC(=O)O)C(=O)O", "N[C@H](C)C(=O)O",
+    "N[C@H](Cc1ccccc1)C(=O)O", "NCCC(=O)O", "NCCCC(=O)O", "Nc1ccc(C(=O)O)cc1", "Nc1cccc(C(=O)O)c1",
+    "Nc1cccc(C(=O)O)c1C(=O)O", "NCc1ccc(C(=O)O)cc1", "NC1CCC(C(=O)O)CC1", "NC1(C(=O)O)CCCC1",
+    "N[C@@H](c1ccccc1)C(=O)O", "N[C@@H](Cc1cccs1)C(=O)O", "N[C@@H](CC1CCCCC1)C(=O)O", "Nc1ccc(C(=O)O)cn1",
+    "Nc1cc(C(=O)O)ccc1Cl", "N[C@@H](Cc1ccncc1)C(=O)O", "N[C@@H](CC#C)C(=O)O",
+]  # fmt: skip
+# Substructures the hidden rule weighs (on the building blocks as listed).
+_SAR_SMARTS = [
+    "c[F,Cl,Br,I]", "C(F)(F)F", "[CX3](=O)[OX2H1]", "S(=O)(=O)", "c1ccccc1", "[nX2]", "C#N", "[N+](=O)[O-]",
+    "[OX2H]", "[CX3](=O)O[CX4]", "[NX3;H2,H1;!$(NC=O)]C", "s1cccc1", "[CH3]", "[R2]", "C(=O)N", "[OX2]([CX4])c",
+]  # fmt: skip
+
+
+def amine_library() -> list[str]:
+    anilines = [t.format(x) for x in _SUBSTITUENTS for t in ("Nc1ccc({})cc1", "Nc1cccc({})c1", "Nc1ccccc1{}")]
+    benzyl = [f"NCc1ccc({x})cc1" for x in _SUBSTITUENTS]
+    pyridyl = [f"Nc1ccc({x})cn1" for x in _SUBSTITUENTS[:10]]
+    return _canonical_unique(anilines + benzyl + pyridyl + _AMINES_FIXED)
+
+
+def amino_acid_library() -> list[str]:
+    phenylalanines = [f"N[C@@H](Cc1ccc({x})cc1)C(=O)O" for x in _SUBSTITUENTS[:12]]
+    return _canonical_unique(_AMINO_ACIDS_FIXED + phenylalanines)
+
+
+def _canonical_unique(smiles: list[str]) -> list[str]:
+    """Canonical SMILES rooted at the attachment nitrogen (atom 0 as listed), duplicates dropped."""
+    seen: dict[str, None] = {}
+    for s in smiles:
+        mol = Chem.MolFromSmiles(s)
+        if mol is None:
+            raise ValueError(f"building block {s!r} does not parse")
+        seen.setdefault(Chem.MolToSmiles(mol, rootedAtAtom=0), None)
+    return list(seen)
+
+
+_ACID_TO_DNA_AMIDE = AllChem.ReactionFromSmarts("[C:1](=[O:2])[OX2H1]>>[C:1](=[O:2])N[Dy]")
+
+
+def dna_linked_fragment(amino_acid: str) -> str:
+    """The amino acid as it sits in a BELKA molecule: its (first) acid made the DNA-linked amide."""
+    products = _ACID_TO_DNA_AMIDE.RunReactants((Chem.MolFromSmiles(amino_acid),))
+    mol = products[0][0]
+    Chem.SanitizeMol(mol)
+    # Products renumber atoms; RDKit records each atom's index in the reactant.
+    amine = next(a.GetIdx() for a in mol.GetAtoms() if a.HasProp("react_atom_idx") and a.GetIntProp("react_atom_idx") == 0)
+    return Chem.MolToSmiles(mol, rootedAtAtom=amine)
+
+
+def fmoc_protected(amino_acid: str) -> str:
+    """The amino acid as Kaggle lists building block 1: Fmoc on its amine."""
+    return Chem.MolToSmiles(Chem.MolFromSmiles(f"{FMOC}{amino_acid}"))
+
+
+def sar_profile(smiles: str) -> np.ndarray:
+    mol = Chem.MolFromSmiles(smiles)
+    return np.array([mol.HasSubstructMatch(Chem.MolFromSmarts(p)) for p in _SAR_SMARTS], dtype=np.float64)
+
+
+@dataclass
+class Library:
+    """The building blocks of one position: what Kaggle lists, what goes in the molecule, their profiles."""
+
+    listed: list[str]
+    fragment: list[str]
+    profile: np.ndarray
+    test_only: np.ndarray  # bool per building block
+
+    def indices(self, test_only: bool) -> np.ndarray:
+        return np.flatnonzero(self.test_only == test_only)
+
+
+def build_libraries(params: Generate) -> tuple[Library, Library, Library]:
+    rng = np.random.default_rng([params.seed, 0])
+    acids, amines = amino_acid_library(), amine_library()
+
+    def held_out(n: int) -> np.ndarray:
+        held = np.zeros(n, dtype=bool)
+        held[rng.permutation(n)[: max(1, round(params.test_only_building_blocks * n))]] = True
+        return held
+
+    acid_held, amine_held = held_out(len(acids)), held_out(len(amines))
+    bb1 = Library(
+        [fmoc_protected(a) for a in acids],
+        [dna_linked_fragment(a) for a in acids],
+        np.stack([sar_profile(a) for a in acids]),
+        acid_held,
+    )
+    # Positions 2 and 3 draw from overlapping pools of amines, as in BELKA; an amine held out for the test set
+    # is held out in both positions.
+    order = rng.permutation(len(amines))
+
+    def amine_pool(indices: np.ndarray) -> Library:
+        chosen = sorted(indices)
+        listed = [amines[i] for i in chosen]
+        return Library(listed, listed, np.stack([sar_profile(a) for a in listed]), amine_held[chosen])
+
+    bb2 = amine_pool(order[: int(0.8 * len(amines))])
+    bb3 = amine_pool(order[int(0.2 * len(amines)) :])
+    return bb1, bb2, bb3
+
+
+@dataclass
+class Rule:
+    """The hidden structure-activity rule: a weight per substructure and position, per protein."""
+
+    weights: dict[str, np.ndarray]  # protein -> (3, n_patterns)
+    thresholds: dict[str, float]
+    noise: float = 0.3
+
+    def scores(self, protein: str, profiles: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """profiles: (n, 3, n_patterns) -> score per molecule."""
+        w = self.weights[protein]
+        additive = np.einsum("npk,pk->n", profiles, w)
+        synergy = 1.5 * profiles[:, 1, 4] * profiles[:, 2, 0] * (protein == "BRD4")  # aryl x aryl halide
+        return additive + synergy + self.noise * noise
+
+
+def make_rule(params: Generate, libraries: tuple[Library, Library, Library]) -> Rule:
+    rng = np.random.default_rng([params.seed, 1])
+    n_patterns = len(_SAR_SMARTS)
+    weights = {p: rng.normal(0.0, 1.0, size=(3, n_patterns)) for p in PROTEINS}
+    # Calibrate thresholds on a fixed sample of combinations, so labels do not depend on the data set size.
+    sample = _draw_combinations(np.random.default_rng([params.seed, 2]), libraries, 20_000, test_only=False)
+    profiles = _profiles(libraries, sample)
+    noise = np.random.default_rng([params.seed, 3]).normal(size=(len(PROTEINS), len(sample)))
+    rule = Rule(weights=weights, thresholds={})
+    for k, protein in enumerate(PROTEINS):
+        rate = min(params.positive_rate * RELATIVE_RATE[protein], 0.5)
+        rule.thresholds[protein] = float(np.quantile(rule.scores(protein, profiles, noise[k]), 1.0 - rate))
+    return rule
+
+
+def _profiles(libraries: tuple[Library, Library, Library], combos: np.ndarray) -> np.ndarray:
+    return np.stack([lib.profile[combos[:, p]] for p, lib in enumerate(libraries)], axis=1)
+
+
+def _draw_combinations(
+    rng: np.random.Generator, libraries: tuple[Library, Library, Library], n: int, test_only: bool
+) -> np.ndarray:
+    """Draw building block indices (n, 3); with ``test_only``, one random position uses a test-only block."""
+    combos = np.stack([rng.choice(lib.indices(False), size=n) for lib in libraries], axis=1)
+    if test_only:
+        position = rng.integers(0, 3, size=n)
+        for p, lib in enumerate(libraries):
+            rows = position == p
+            combos[rows, p] = rng.choice(lib.indices(True), size=int(rows.sum()))
+    return combos
+
+
+def molecule_identity(libraries: tuple[Library, Library, Library], combo: np.ndarray) -> bytes:
+    """Which molecule a combination makes: the triazine is symmetric, so swapping blocks 2 and 3 is the same."""
+    a, b, c = (libraries[p].fragment[combo[p]] for p in range(3))
+    return "|".join([a, *sorted((b, c))]).encode()
+
+
+def _bucket(identity: bytes) -> int:
+    """0..9 from a fixed hash of the molecule: 0 is reserved for the test set, the rest for train."""
+    return hashlib.blake2b(identity, digest_size=2).digest()[0] % 10
+
+
+def draw_molecules(
+    params: Generate, libraries: tuple[Library, Library, Library], kind: str, n: int
+) -> np.ndarray:
+    """``n`` distinct combinations for ``kind`` in {train, test_shared, test_unseen}, prefix-stable in ``n``."""
+    stream = {"train": 10, "test_shared": 11, "test_unseen": 12}[kind]
+    seen: dict[bytes, None] = {}
+    chosen: list[np.ndarray] = []
+    chunk = 0
+    while len(chosen) < n:
+        rng = np.random.default_rng([params.seed, stream, chunk])
+        combos = _draw_combinations(rng, libraries, CHUNK, test_only=kind == "test_unseen")
+        for combo in combos:
+            key = molecule_identity(libraries, combo)
+            bucket = _bucket(key)
+            if kind == "train" and bucket == 0 or kind == "test_shared" and bucket != 0 or key in seen:
+                continue
+            seen[key] = None
+            chosen.append(combo)
+        chunk += 1
+        if chunk > 1000 + 50 * n // CHUNK:
+            raise ValueError(f"generate: cannot draw {n} distinct {kind} molecules from the building blocks")
+    return np.stack(chosen[:n])
+
+
+def molecule_smiles(libraries: tuple[Library, Library, Library], combos: np.ndarray) -> list[str]:
+    out = []
+    for a, b, c in combos:
+        raw = TRIAZINE.format(libraries[0].fragment[a], libraries[1].fragment[b], libraries[2].fragment[c])
+        out.append(Chem.MolToSmiles(Chem.MolFromSmiles(raw)))
+    return out
+
+
+def molecule_rows(
+    libraries: tuple[Library, Library, Library],
+    combos: np.ndarray,
+    proteins: list[list[str]],
+    first_id: int,
+    binds: dict[str, np.ndarray] | None,
+) -> pl.DataFrame:
+    """One row per (molecule, protein) in the given protein order, ids consecutive from ``first_id``."""
+    smiles = molecule_smiles(libraries, combos)
+    columns: dict[str, list] = {name: [] for name in (*BB_COLUMNS, SMILES, PROTEIN)}
+    labels: list[int] = []
+    for i, combo in enumerate(combos):
+        for protein in proteins[i]:
+            for p, name in enumerate(BB_COLUMNS):
+                columns[name].append(libraries[p].listed[combo[p]])
+            columns[SMILES].append(smiles[i])
+            columns[PROTEIN].append(protein)
+            if binds is not None:
+                labels.append(int(binds[protein][i]))
+    n_rows = len(columns[SMILES])
+    frame = pl.DataFrame({ID: np.arange(first_id, first_id + n_rows, dtype=np.int64), **columns})
+    if binds is not None:
+        frame = frame.with_columns(pl.Series(BINDS, labels, dtype=pl.Int64))
+    return frame
+
+
+def labels_for(params: Generate, libraries, rule: Rule, combos: np.ndarray, stream: int) -> dict[str, np.ndarray]:
+    profiles = _profiles(libraries, combos)
+    out = {}
+    for k, protein in enumerate(PROTEINS):
+        # Noise per molecule from its own chunk-seeded stream keeps labels prefix-stable.
+        noise = np.concatenate(
+            [
+                np.random.default_rng([params.seed, stream, k, start // CHUNK]).normal(size=CHUNK)
+                for start in range(0, len(combos), CHUNK)
+            ]
+        )[: len(combos)]
+        out[protein] = rule.scores(protein, profiles, noise) > rule.thresholds[protein]
+    return out
+
+
+def generate(params: Generate) -> tuple[pl.DataFrame, pl.DataFrame]:
+    libraries = build_libraries(params)
+    rule = make_rule(params, libraries)
+    train_combos = draw_molecules(params, libraries, "train", params.train_molecules)
+    train = molecule_rows(
+        libraries,
+        train_combos,
+        [list(PROTEINS)] * len(train_combos),
+        first_id=0,
+        binds=labels_for(params, libraries, rule, train_combos, stream=20),
+    )
+    shared = draw_molecules(params, libraries, "test_shared", params.test_shared_molecules)
+    unseen = draw_molecules(params, libraries, "test_unseen", params.test_unseen_molecules)
+    single = np.random.default_rng([params.seed, 13]).integers(0, 3, size=len(unseen))
+    test = molecule_rows(
+        libraries,
+        np.concatenate([shared, unseen]),
+        [list(PROTEINS)] * len(shared) + [[PROTEINS[k]] for k in single],
+        first_id=FIRST_TEST_ID,
+        binds=None,
+    )
+    return train, test
+
+
+RAW_SCHEMA = pa.schema(
+    [(ID, pa.int64())] + [(name, pa.string()) for name in (*BB_COLUMNS, SMILES, PROTEIN)] + [(BINDS, pa.int64())]
+)
+
+
+def to_kaggle_table(frame: pl.DataFrame) -> pa.Table:
+    schema = RAW_SCHEMA if BINDS in frame.columns else RAW_SCHEMA.remove(RAW_SCHEMA.get_field_index(BINDS))
+    return frame.to_arrow().cast(schema)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="where train.parquet and test.parquet go")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        params = load_params(args.params).generate
+        train, test = generate(params)
+        out = Path(args.out_dir)
+        write_parquet(to_kaggle_table(train), out / "train.parquet")
+        write_parquet(to_kaggle_table(test), out / "test.parquet")
+        log.info("wrote %d train rows (%d positives) and %d test rows", len(train), train[BINDS].sum(), len(test))
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

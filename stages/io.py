@@ -1,0 +1,306 @@
+"""The one place for I/O: raw BELKA files, parquet shards, JSON artifacts, atomic writes, logging, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+log = logging.getLogger("stages")
+
+ID = "id"
+BB_COLUMNS = ("buildingblock1_smiles", "buildingblock2_smiles", "buildingblock3_smiles")
+SMILES = "molecule_smiles"
+PROTEIN = "protein_name"
+BINDS = "binds"
+RAW_STRING_COLUMNS = (*BB_COLUMNS, SMILES, PROTEIN)
+RAW_COLUMNS = (ID, *RAW_STRING_COLUMNS, BINDS)
+
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+
+
+class InputError(ValueError):
+    """An input file is missing, unreadable or not in the expected format; the message names file and column."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr: one summary line per stage at INFO (the default), details with ``-v``."""
+    level = logging.DEBUG if verbose else os.environ.get("BELKA_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(name)s: %(message)s", force=True)
+
+
+def run_main(body, *args: Any) -> int:
+    """Run a stage body; turn the errors we expect into one clear line on stderr and exit code 1."""
+    from stages.params import ParamsError
+
+    try:
+        body(*args)
+    except (InputError, ParamsError, ArtifactError) as exc:
+        log.debug("failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'no file name'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_tmp(path: Path) -> None:
+    """Remove what a killed run left beside ``path`` (``.name.tmp-PID``)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory; it replaces ``path`` only when the block succeeds.
+
+    A killed run leaves only ``.name.tmp-PID`` behind, which DVC does not take for the output and the next run
+    removes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_parquet(table: pa.Table | pl.DataFrame, path: str | os.PathLike[str]) -> None:
+    if isinstance(table, pl.DataFrame):
+        table = table.to_arrow()
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+
+
+def write_csv(frame: pl.DataFrame, path: str | os.PathLike[str]) -> None:
+    with atomic_file(path) as tmp:
+        frame.write_csv(tmp)
+
+
+# ---------------------------------------------------------------------------------------------- JSON artifacts
+
+
+class ArtifactError(ValueError):
+    """A model, encoder or scaler artifact is missing, of another schema version, or altered."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: {what} not found (run the stage that writes it: dvc repro)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------- raw BELKA files
+
+_STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+
+
+def _open_dataset(path: Path) -> pads.Dataset:
+    if not path.exists():
+        raise InputError(f"{path}: input not found (check inputs in params.yaml, or run dvc repro / dvc pull)")
+    fmt = "csv" if path.suffix.lower() == ".csv" else "parquet"
+    try:
+        if fmt == "csv":
+            options = pacsv.ConvertOptions(column_types={ID: pa.int64(), BINDS: pa.int64()})
+            return pads.dataset(path, format=pads.CsvFileFormat(convert_options=options))
+        dataset = pads.dataset(path, format="parquet", exclude_invalid_files=False)
+        for fragment in dataset.get_fragments():
+            pq.ParquetFile(fragment.path).metadata  # noqa: B018 - fail early on a truncated file
+        return dataset
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InputError(f"{path}: not a readable {fmt} file ({exc})") from None
+
+
+def check_raw_schema(schema: pa.Schema, source: str, needs_binds: bool) -> list[str]:
+    """Check a raw BELKA schema; return the columns to read. Unknown extra columns are a warning."""
+    required = [ID, *RAW_STRING_COLUMNS] + ([BINDS] if needs_binds else [])
+    for name in required:
+        if name not in schema.names:
+            raise InputError(
+                f"{source}: missing column {name!r} (a BELKA file has {', '.join(RAW_COLUMNS)}; "
+                f"found {', '.join(schema.names) or 'no columns'})"
+            )
+    if not pa.types.is_integer(schema.field(ID).type):
+        raise InputError(f"{source}: column 'id' must be integer, found {schema.field(ID).type}")
+    for name in RAW_STRING_COLUMNS:
+        if schema.field(name).type not in _STRING_TYPES:
+            raise InputError(f"{source}: column {name!r} must be string, found {schema.field(name).type}")
+    if BINDS in schema.names and not (
+        pa.types.is_integer(schema.field(BINDS).type) or pa.types.is_boolean(schema.field(BINDS).type)
+    ):
+        raise InputError(f"{source}: column 'binds' must be integer 0/1, found {schema.field(BINDS).type}")
+    extra = [name for name in schema.names if name not in RAW_COLUMNS]
+    if extra:
+        log.warning("%s: ignoring unknown column(s) %s", source, ", ".join(extra))
+    return [name for name in RAW_COLUMNS if name in schema.names and (name != BINDS or needs_binds)]
+
+
+def raw_columns(path: str | os.PathLike[str]) -> list[str]:
+    return _open_dataset(Path(path)).schema.names
+
+
+def raw_row_count(path: str | os.PathLike[str]) -> int:
+    dataset = _open_dataset(Path(path))
+    try:
+        return dataset.count_rows()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: cannot be read ({exc})") from None
+
+
+def iter_raw_batches(path: str | os.PathLike[str], batch_rows: int, needs_binds: bool) -> Iterator[pl.DataFrame]:
+    """Stream a raw BELKA file (parquet file, directory of parquet files, or csv) in batches of exactly
+    ``batch_rows`` rows (the last may be shorter), so shard boundaries depend on the data only."""
+    path = Path(path)
+    dataset = _open_dataset(path)
+    columns = check_raw_schema(dataset.schema, str(path), needs_binds)
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    total = 0
+    try:
+        for batch in dataset.to_batches(columns=columns, batch_size=min(batch_rows, 1 << 16)):
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            while pending_rows >= batch_rows:
+                table = pa.Table.from_batches(pending).combine_chunks()
+                yield _raw_frame(table.slice(0, batch_rows))
+                rest = table.slice(batch_rows)
+                pending, pending_rows = rest.to_batches(), rest.num_rows
+                total += batch_rows
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read after {total} rows ({exc})") from None
+    if pending_rows:
+        yield _raw_frame(pa.Table.from_batches(pending))
+        total += pending_rows
+    if total == 0:
+        raise InputError(f"{path}: has no rows (expected BELKA rows with {', '.join(RAW_COLUMNS)})")
+
+
+def _raw_frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    casts = {name: pl.String for name in RAW_STRING_COLUMNS}
+    casts[ID] = pl.Int64
+    if BINDS in frame.columns:
+        casts[BINDS] = pl.Int64
+    return frame.cast(casts)
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def list_shards(directory: str | os.PathLike[str]) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not found (run the stage that writes it: dvc repro)")
+    return sorted(directory.glob("part-*.parquet"))
+
+
+def iter_shards(directory: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    for path in list_shards(directory):
+        yield pl.read_parquet(path, columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Rows done, rate and time left on stderr, at most every ``every`` seconds; silent when logging is quiet
+    and stderr is not a terminal, unless BELKA_PROGRESS=1."""
+
+    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
+        self.what, self.total, self.every = what, total, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        forced = os.environ.get("BELKA_PROGRESS")
+        self.enabled = forced == "1" if forced is not None else sys.stderr.isatty()
+
+    def update(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.every:
+            self.last = now
+            print(self.line(now), file=sys.stderr, flush=True)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.monotonic()) - self.start, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.what}: {self.done:,} rows, {rate:,.0f} rows/s"
+        if self.total:
+            left = (self.total - self.done) / rate if rate else float("inf")
+            text += f", {100 * self.done / self.total:.1f}% of {self.total:,}, about {left:,.0f}s left"
+        return text
+
+    def finish(self) -> None:
+        if self.enabled:
+            print(self.line() + " (done)", file=sys.stderr, flush=True)

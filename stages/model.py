@@ -1,0 +1,174 @@
+"""The trained model's artifacts, all JSON (never pickle), and the design matrix they define.
+
+- ``encoder.json``: the one-hot encoder of ``protein_name`` (its categories).
+- ``scaler.json``: the StandardScaler of the descriptors (mean, scale, variance, samples seen).
+- ``model.json``: the XGBoost model in XGBoost's own JSON format (loads into ``XGBClassifier.load_model``).
+- ``manifest.json``: schema version, feature layout, base rates, and the sha256 of the three files above, so an
+  artifact that is missing, from another schema version or altered is refused with a clear error.
+
+The design matrix is ``[one-hot protein | scaled descriptors | fingerprint bits]`` in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import xgboost as xgb
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from stages.chem import DESCRIPTORS
+from stages.dataset import MoleculeStore
+from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
+
+SCHEMA_VERSION = 1
+MODEL_DIR = Path("models")
+ENCODER, SCALER, MODEL, MANIFEST = "encoder.json", "scaler.json", "model.json", "manifest.json"
+
+
+def encoder_to_json(encoder: OneHotEncoder) -> dict:
+    return {
+        "format": "belka-onehot-encoder",
+        "schema_version": SCHEMA_VERSION,
+        "feature": PROTEIN,
+        "categories": [str(c) for c in encoder.categories_[0]],
+    }
+
+
+def encoder_from_json(data: dict, source: str) -> OneHotEncoder:
+    _check_format(data, "belka-onehot-encoder", source)
+    categories = data.get("categories")
+    if not (isinstance(categories, list) and categories and all(isinstance(c, str) for c in categories)):
+        raise ArtifactError(f"{source}: 'categories' must be a non-empty list of protein names")
+    encoder = OneHotEncoder(categories=[categories], handle_unknown="error", sparse_output=False, dtype=np.float32)
+    return encoder.fit(np.array(categories, dtype=object).reshape(-1, 1))
+
+
+def scaler_to_json(scaler: StandardScaler) -> dict:
+    return {
+        "format": "belka-standard-scaler",
+        "schema_version": SCHEMA_VERSION,
+        "features": list(DESCRIPTORS),
+        "mean": scaler.mean_.tolist(),
+        "scale": scaler.scale_.tolist(),
+        "var": scaler.var_.tolist(),
+        "n_samples_seen": int(scaler.n_samples_seen_),
+    }
+
+
+def scaler_from_json(data: dict, source: str) -> StandardScaler:
+    _check_format(data, "belka-standard-scaler", source)
+    if data.get("features") != list(DESCRIPTORS):
+        raise ArtifactError(f"{source}: scaler features {data.get('features')} != expected {list(DESCRIPTORS)}")
+    scaler = StandardScaler()
+    try:
+        scaler.mean_ = np.asarray(data["mean"], dtype=np.float64)
+        scaler.scale_ = np.asarray(data["scale"], dtype=np.float64)
+        scaler.var_ = np.asarray(data["var"], dtype=np.float64)
+        scaler.n_samples_seen_ = int(data["n_samples_seen"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{source}: scaler field missing or not numeric ({exc})") from None
+    scaler.n_features_in_ = len(DESCRIPTORS)
+    if any(len(a) != len(DESCRIPTORS) for a in (scaler.mean_, scaler.scale_, scaler.var_)):
+        raise ArtifactError(f"{source}: scaler arrays must have {len(DESCRIPTORS)} values")
+    return scaler
+
+
+def _check_format(data: object, expected: str, source: str) -> None:
+    if not isinstance(data, dict) or data.get("format") != expected:
+        raise ArtifactError(f"{source}: not a {expected} artifact")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{source}: schema_version {data.get('schema_version')!r}, this code reads {SCHEMA_VERSION} "
+            "(retrain: dvc repro train)"
+        )
+
+
+def feature_names(categories: list[str], n_bits: int) -> list[str]:
+    return [f"protein={c}" for c in categories] + list(DESCRIPTORS) + [f"fp{i}" for i in range(n_bits)]
+
+
+@dataclass
+class Model:
+    encoder: OneHotEncoder
+    scaler: StandardScaler
+    booster: xgb.Booster
+    manifest: dict
+
+    @property
+    def categories(self) -> list[str]:
+        return [str(c) for c in self.encoder.categories_[0]]
+
+    def check_proteins(self, proteins: pl.Series, source: str) -> None:
+        unknown = sorted(set(proteins.unique().to_list()) - set(self.categories))
+        if unknown:
+            raise InputError(
+                f"{source}: unknown protein_name value(s) {', '.join(map(repr, unknown))}; "
+                f"the model knows {', '.join(self.categories)}"
+            )
+
+    def check_features(self, store: MoleculeStore) -> None:
+        if store.n_bits != self.manifest["n_bits"]:
+            raise InputError(
+                f"{store.directory}: features have {store.n_bits} fingerprint bits, the model was trained on "
+                f"{self.manifest['n_bits']} (featurize with the same featurize.fingerprint params)"
+            )
+
+    def predict(self, rows: pl.DataFrame, store: MoleculeStore) -> np.ndarray:
+        matrix = design_matrix(rows, store, self.encoder, self.scaler)
+        return self.booster.inplace_predict(matrix).astype(np.float64)
+
+
+def design_matrix(
+    rows: pl.DataFrame, store: MoleculeStore, encoder: OneHotEncoder, scaler: StandardScaler
+) -> np.ndarray:
+    molecules = store.lookup(rows["molecule_key"].to_numpy())
+    onehot = encoder.transform(rows[PROTEIN].to_numpy().reshape(-1, 1))
+    scaled = scaler.transform(molecules.descriptors).astype(np.float32)
+    return np.hstack([onehot.astype(np.float32), scaled, store.unpack(molecules.fingerprints)])
+
+
+def save_model(
+    directory: Path,
+    encoder: OneHotEncoder,
+    scaler: StandardScaler,
+    booster: xgb.Booster,
+    extra: dict,
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / ENCODER, encoder_to_json(encoder))
+    write_json(directory / SCALER, scaler_to_json(scaler))
+    booster.save_model(str(directory / MODEL))  # the caller writes into an atomic_dir
+    manifest = {
+        "format": "belka-model",
+        "schema_version": SCHEMA_VERSION,
+        "sha256": {name: sha256_file(directory / name) for name in (ENCODER, SCALER, MODEL)},
+        **extra,
+    }
+    write_json(directory / MANIFEST, manifest)
+
+
+def load_model(directory: Path = MODEL_DIR) -> Model:
+    directory = Path(directory)
+    manifest = read_json(directory / MANIFEST, "model manifest")
+    _check_format(manifest, "belka-model", str(directory / MANIFEST))
+    for name in (ENCODER, SCALER, MODEL):
+        path = directory / name
+        if not path.exists():
+            raise ArtifactError(f"{path}: not found (run: dvc repro train)")
+        expected = manifest.get("sha256", {}).get(name)
+        if sha256_file(path) != expected:
+            raise ArtifactError(
+                f"{path}: content does not match the sha256 recorded in {directory / MANIFEST} "
+                "(altered or from another run; retrain or restore it: dvc checkout)"
+            )
+    encoder = encoder_from_json(read_json(directory / ENCODER, "encoder"), str(directory / ENCODER))
+    scaler = scaler_from_json(read_json(directory / SCALER, "scaler"), str(directory / SCALER))
+    booster = xgb.Booster()
+    try:
+        booster.load_model(str(directory / MODEL))
+    except xgb.core.XGBoostError as exc:
+        raise ArtifactError(f"{directory / MODEL}: XGBoost cannot load it ({str(exc).splitlines()[0]})") from None
+    return Model(encoder, scaler, booster, manifest)

@@ -1,0 +1,215 @@
+"""The one schema of ``params.yaml``.
+
+Every stage loads its section through :func:`load_params`. Unknown keys are rejected, values are range-checked,
+and cross-field checks run after the sections are parsed. Errors name the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+PROTEINS = ("BRD4", "HSA", "sEH")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Inputs(Section):
+    """Raw BELKA-format files (parquet or csv, a file or a directory of parquet files)."""
+
+    train: str = Field(min_length=1)
+    test: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Inputs:
+        if os.path.normpath(self.train) == os.path.normpath(self.test):
+            raise ValueError("inputs.train and inputs.test must be different files")
+        return self
+
+
+class Generate(Section):
+    """The built-in BELKA-format data set, so a fresh clone runs with no download."""
+
+    seed: int = Field(ge=0)
+    train_molecules: int = Field(ge=100, le=50_000_000)
+    test_shared_molecules: int = Field(ge=10, le=10_000_000)
+    test_unseen_molecules: int = Field(ge=10, le=10_000_000)
+    positive_rate: float = Field(gt=0.0, le=0.2)
+    test_only_building_blocks: float = Field(gt=0.0, lt=0.5)
+
+
+class Fingerprint(Section):
+    enabled: bool = True
+    radius: int = Field(ge=1, le=6)
+    n_bits: int = Field(ge=64, le=16384)
+
+    @model_validator(mode="after")
+    def _bytes(self) -> Fingerprint:
+        if self.n_bits % 8:
+            raise ValueError(f"featurize.fingerprint.n_bits must be a multiple of 8, got {self.n_bits}")
+        return self
+
+
+class Featurize(Section):
+    batch_rows: int = Field(ge=1_000, le=50_000_000)
+    max_smiles_length: int = Field(ge=10, le=100_000)
+    max_reject_fraction: float = Field(ge=0.0, le=1.0)
+    fingerprint: Fingerprint
+
+
+class Split(Section):
+    method: Literal["random", "building_blocks"]
+    valid_fraction: float = Field(gt=0.0, lt=1.0)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _building_block_fraction(self) -> Split:
+        if self.method == "building_blocks" and not 0.05 <= self.valid_fraction <= 0.7:
+            raise ValueError(
+                "split.valid_fraction must be within [0.05, 0.7] with split.method=building_blocks "
+                f"(holding out building blocks for more leaves too little to train on), got {self.valid_fraction}"
+            )
+        return self
+
+
+class Train(Section):
+    negative_sample_rate: float = Field(gt=0.0, le=1.0)
+    seed: int = Field(ge=0)
+    batch_rows: int = Field(ge=1_000, le=50_000_000)
+    data_mode: Literal["in_memory", "external"]
+
+
+class XGB(Section):
+    """Keyword arguments of ``xgboost.XGBClassifier``; every key here is passed on unchanged."""
+
+    n_estimators: int = Field(ge=1, le=100_000)
+    max_depth: int = Field(ge=0, le=64)
+    learning_rate: float = Field(gt=0.0, le=1.0)
+    subsample: float = Field(default=1.0, gt=0.0, le=1.0)
+    colsample_bytree: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_child_weight: float = Field(default=1.0, ge=0.0)
+    gamma: float = Field(default=0.0, ge=0.0)
+    reg_alpha: float = Field(default=0.0, ge=0.0)
+    reg_lambda: float = Field(default=1.0, ge=0.0)
+    max_bin: int = Field(default=256, ge=2, le=65_536)
+    scale_pos_weight: float = Field(default=1.0, gt=0.0)
+    tree_method: Literal["hist", "approx", "exact"] = "hist"
+    device: Literal["cpu", "cuda"] = "cpu"
+    eval_metric: Literal["aucpr", "auc", "logloss"] = "aucpr"
+    n_jobs: int = Field(default=0, ge=0, le=1024)
+    random_state: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _device(self) -> XGB:
+        if self.device == "cuda" and self.tree_method != "hist":
+            raise ValueError(f"xgb.device=cuda needs xgb.tree_method=hist, got {self.tree_method}")
+        return self
+
+    def classifier_kwargs(self) -> dict[str, Any]:
+        kwargs = self.model_dump()
+        if kwargs["n_jobs"] == 0:
+            kwargs["n_jobs"] = available_cores()
+        return kwargs
+
+
+class Evaluate(Section):
+    curve_points: int = Field(ge=10, le=100_000)
+
+
+class Predict(Section):
+    batch_rows: int = Field(ge=1_000, le=50_000_000)
+    output: str = Field(min_length=1)
+
+
+class Resources(Section):
+    """How to run, not what to compute: no stage lists these as params deps, so changing them reruns nothing."""
+
+    workers: int = Field(ge=0, le=1024)
+    feature_cache: str = Field(min_length=1)
+
+
+class Params(Section):
+    inputs: Inputs
+    generate: Generate
+    featurize: Featurize
+    split: Split
+    train: Train
+    xgb: XGB
+    evaluate: Evaluate
+    predict: Predict
+    resources: Resources
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        if self.train.data_mode == "external" and self.xgb.tree_method != "hist":
+            raise ValueError("train.data_mode=external needs xgb.tree_method=hist")
+        return self
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def workers(params: Params) -> int:
+    return params.resources.workers or available_cores()
+
+
+def _describe_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = err["loc"][:-1]
+        model: Any = Params
+        for part in parent:
+            field = model.model_fields.get(str(part))
+            model = field.annotation if field else None
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                break
+        allowed = ", ".join(model.model_fields) if isinstance(model, type) else "?"
+        return f"{loc}: unknown key (allowed here: {allowed})"
+    if kind == "missing":
+        return f"{loc}: missing (required)"
+    value = raw
+    for part in err["loc"]:
+        value = value.get(part) if isinstance(value, dict) else None
+    message = err["msg"].removeprefix("Value error, ")
+    where = f"{loc}: " if loc else ""
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    return f"{where}{message}{shown}"
+
+
+def parse_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe_error(err, raw) for err in exc.errors()]
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root, or pass --params)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

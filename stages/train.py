@@ -1,0 +1,192 @@
+"""Train the binding model: one-hot protein, StandardScaler on the descriptors, XGBoost on the design matrix.
+
+Rows stream from ``data/split/train`` in batches through an ``xgboost.DataIter``; each batch is expanded with its
+molecules' features only when XGBoost asks for it. ``train.data_mode`` picks ``QuantileDMatrix`` (the quantised
+matrix in memory, about 1 byte a feature value) or ``ExtMemQuantileDMatrix`` (pages on disk, for data larger than
+RAM). Negatives can be down-sampled (``train.negative_sample_rate``) with weight 1/rate, so the model still sees
+BELKA's 0.54% positive rate.
+
+The booster is trained with the parameters ``XGBClassifier(**xgb)`` would use (its ``get_xgb_params()``) and
+``xgb.n_estimators`` rounds, so ``XGBClassifier().load_model("models/model.json")`` gives the same classifier.
+dvclive logs the per-iteration training and validation curves to ``metrics/train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import xgboost as xgb
+from dvclive import Live
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from stages.dataset import MoleculeStore, count_rows, iter_row_batches
+from stages.io import BINDS, ID, PROTEIN, InputError, Progress, atomic_dir, run_main, setup_logging
+from stages.model import MODEL_DIR, design_matrix, feature_names, save_model
+from stages.params import Params, load_params
+from stages.split import SPLIT_DIR, uniform_hash
+
+log = logging.getLogger("stages.train")
+
+FEATURES_DIR = Path("data/features/train")
+LIVE_DIR = Path("metrics/train")
+
+
+def sample_rows(rows: pl.DataFrame, rate: float, seed: int) -> pl.DataFrame:
+    """Keep every positive and a seeded ``rate`` of negatives; add ``weight`` (1/rate for negatives)."""
+    if rate >= 1.0:
+        return rows.with_columns(pl.lit(1.0, dtype=pl.Float32).alias("weight"))
+    keep = (rows[BINDS].to_numpy() == 1) | (uniform_hash(rows[ID].to_numpy(), seed) < rate)
+    kept = rows.filter(pl.Series(keep))
+    weight = pl.when(pl.col(BINDS) == 1).then(1.0).otherwise(1.0 / rate).cast(pl.Float32)
+    return kept.with_columns(weight.alias("weight"))
+
+
+class RowBatches(xgb.DataIter):
+    """Feeds XGBoost one expanded batch at a time; XGBoost calls reset() for each pass it needs."""
+
+    def __init__(
+        self,
+        batches: Callable[[], object],
+        store: MoleculeStore,
+        encoder: OneHotEncoder,
+        scaler: StandardScaler,
+        cache_prefix: str | None = None,
+    ) -> None:
+        self.batches, self.store, self.encoder, self.scaler = batches, store, encoder, scaler
+        self.iterator = None
+        super().__init__(cache_prefix=cache_prefix)
+
+    def next(self, input_data: Callable) -> bool:
+        if self.iterator is None:
+            self.iterator = iter(self.batches())
+        rows = next(self.iterator, None)
+        if rows is None:
+            return False
+        matrix = design_matrix(rows, self.store, self.encoder, self.scaler)
+        input_data(data=matrix, label=rows[BINDS].to_numpy().astype(np.float32), weight=rows["weight"].to_numpy())
+        return True
+
+    def reset(self) -> None:
+        self.iterator = None
+
+
+def fit_preprocessing(batches: Callable, store: MoleculeStore) -> tuple[OneHotEncoder, StandardScaler, dict]:
+    """Fit the encoder and scaler on the (sampled) training rows in one streaming pass; count rows."""
+    proteins: set[str] = set()
+    scaler = StandardScaler()
+    stats: dict[str, list[int]] = {}
+    for rows in batches():
+        proteins.update(rows[PROTEIN].unique().to_list())
+        scaler.partial_fit(store.lookup(rows["molecule_key"].to_numpy()).descriptors)
+        for protein, n, positives in rows.group_by(PROTEIN).agg(pl.len(), pl.col(BINDS).sum()).iter_rows():
+            seen = stats.setdefault(protein, [0, 0])
+            seen[0] += n
+            seen[1] += positives
+    if not proteins:
+        raise InputError("train: no training rows (check the split and the input data)")
+    categories = sorted(proteins)
+    encoder = OneHotEncoder(categories=[categories], sparse_output=False, dtype=np.float32)
+    encoder.fit(np.array(categories, dtype=object).reshape(-1, 1))
+    return encoder, scaler, stats
+
+
+class LiveCurves(xgb.callback.TrainingCallback):
+    """Logs every evaluation metric after each boosting round to dvclive."""
+
+    def __init__(self, live: Live, progress: Progress) -> None:
+        super().__init__()
+        self.live, self.progress = live, progress
+
+    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+        for data, metrics in evals_log.items():
+            for name, values in metrics.items():
+                self.live.log_metric(f"{data}/{name}", float(values[-1]))
+        self.live.next_step()
+        self.progress.update(1)
+        return False
+
+
+def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: Path, live_dir: Path) -> dict:
+    settings = params.train
+    store = MoleculeStore(features_dir)
+
+    def batches(side: str, sample: bool) -> Callable:
+        def generate():
+            for rows in iter_row_batches(split_dir / side, settings.batch_rows):
+                yield sample_rows(rows, settings.negative_sample_rate if sample else 1.0, settings.seed)
+
+        return generate
+
+    encoder, scaler, stats = fit_preprocessing(batches("train", True), store)
+    classifier = xgb.XGBClassifier(**params.xgb.classifier_kwargs())
+    booster_params = classifier.get_xgb_params()
+    n_rounds = params.xgb.n_estimators
+    with tempfile.TemporaryDirectory(prefix="belka-xgb-") as pages:
+        external = settings.data_mode == "external"
+        matrix_type = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
+
+        def matrix(side: str, sample: bool, ref=None):
+            prefix = str(Path(pages) / side) if external else None
+            it = RowBatches(batches(side, sample), store, encoder, scaler, cache_prefix=prefix)
+            return matrix_type(it, max_bin=params.xgb.max_bin, ref=ref)
+
+        dtrain = matrix("train", True)
+        dvalid = matrix("valid", False, ref=dtrain)
+        progress = Progress("train (boosting rounds)", n_rounds, every=10.0)
+        with atomic_dir(live_dir) as live_tmp, atomic_dir(model_dir) as model_tmp:
+            live = Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None)
+            booster = xgb.train(
+                booster_params,
+                dtrain,
+                num_boost_round=n_rounds,
+                evals=[(dtrain, "train"), (dvalid, "valid")],
+                callbacks=[LiveCurves(live, progress)],
+                verbose_eval=False,
+            )
+            live.end()
+            base_rate = {p: positives / n for p, (n, positives) in sorted(stats.items())}
+            save_model(
+                model_tmp,
+                encoder,
+                scaler,
+                booster,
+                {
+                    "n_bits": store.n_bits,
+                    "feature_names": feature_names([str(c) for c in encoder.categories_[0]], store.n_bits),
+                    "base_rate": base_rate,
+                    "train_rows": {p: n for p, (n, _) in sorted(stats.items())},
+                    "negative_sample_rate": settings.negative_sample_rate,
+                    "n_rounds": n_rounds,
+                    "xgboost": xgb.__version__,
+                },
+            )
+    progress.finish()
+    return {"rows": dtrain.num_row(), "features": dtrain.num_col(), "rounds": n_rounds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split", type=Path, default=SPLIT_DIR, help="split output (train and valid rows)")
+    parser.add_argument("--features", type=Path, default=FEATURES_DIR, help="featurize output of the train data")
+    parser.add_argument("--models", type=Path, default=MODEL_DIR, help="where the JSON artifacts go")
+    parser.add_argument("--live", type=Path, default=LIVE_DIR, help="dvclive directory for training curves")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        result = train_model(load_params(args.params), args.split, args.features, args.models, args.live)
+        log.info("trained on %d rows x %d features, %d rounds", result["rows"], result["features"], result["rounds"])
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
