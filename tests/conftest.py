@@ -1,0 +1,141 @@
+"""Shared fixtures: small params, temporary copies of this repository driven by real git and dvc."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "belka_sample" / "val.csv"
+
+# Small enough that a full `dvc repro` takes seconds, big enough that every stage has real work.
+SMALL_PARAMS = {
+    "generate": {"train_molecules": 1500, "test_shared_molecules": 150, "test_unseen_molecules": 150,
+                 "positive_rate": 0.03},
+    "featurize": {"batch_rows": 1000, "fingerprint": {"n_bits": 256}},
+    "train": {"batch_rows": 1000},
+    "xgb": {"n_estimators": 25, "max_depth": 4, "n_jobs": 2},
+    "resources": {"workers": 2},
+}  # fmt: skip
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def project_env() -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's bin first, so `python` and `dvc` are the venv's."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("GIT_AUTHOR_NAME", "test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["BELKA_PROGRESS"] = "0"
+    return env
+
+
+def run(args: list[str] | str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        args, cwd=cwd, env=kwargs.pop("env", project_env()), capture_output=True, text=True,
+        shell=isinstance(args, str), **kwargs,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stages a `dvc repro` / `dvc exp run` ran (not skipped, not restored)."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+class Repo:
+    """A temporary git + dvc repository holding a copy of this project."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(list(args), self.path, check=check)
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("git", *args, check=check)
+
+    def repro(self, *args: str) -> list[str]:
+        result = self.dvc("repro", *args)
+        return ran_stages(result.stdout)
+
+    def commit(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, changes: dict) -> None:
+        params = deep_update(self.params(), changes)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def read(self, relative: str) -> bytes:
+        return (self.path / relative).read_bytes()
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return [line for line in out.splitlines() if line and (ROOT / line).is_file()]
+
+
+def make_repo(path: Path, params: dict | None = None) -> Repo:
+    """Copy the project's source files (not its data) into ``path``, with small params, and commit."""
+    path.mkdir(parents=True)
+    for name in tracked_files():
+        if name == "dvc.lock" or name.startswith(("metrics/", "data/", "models/", "bench/results")):
+            continue
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    repo = Repo(path)
+    repo.set_params(deep_update(yaml.safe_load(yaml.safe_dump(SMALL_PARAMS)), params or {}))
+    repo.set_params({"resources": {"feature_cache": str(path / ".cache" / "features")}})
+    repo.git("init", "-q", "-b", "main")
+    repo.commit("project copy")
+    return repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """One repository with a full `dvc repro` done and committed; tests must not modify it."""
+    repo = make_repo(tmp_path_factory.mktemp("reproduced") / "repo")
+    repo.repro()
+    repo.commit("repro")
+    return repo
+
+
+@pytest.fixture
+def belka_sample() -> Path:
+    if not SHARED_SAMPLE.exists():
+        pytest.skip(f"{SHARED_SAMPLE} not present (it is a fixture from ../shared, never copied here)")
+    return SHARED_SAMPLE
