@@ -1,0 +1,185 @@
+"""The pipeline as DVC sees it: real git and dvc in temporary repositories (issue 3's scenarios)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import ROOT, Repo, make_repo, ran_stages, run
+
+pytestmark = pytest.mark.slow
+
+ALL_STAGES = {"generate", "featurize@train", "featurize@test", "split", "train", "evaluate", "predict"}
+
+
+def clone(source: Repo, target: Path) -> Repo:
+    """A git clone of ``source`` that shares its DVC cache, with the outputs checked out."""
+    run(["git", "clone", "-q", str(source.path), str(target)], cwd=target.parent)
+    repo = Repo(target)
+    repo.dvc("cache", "dir", "--local", str(source.path / ".dvc" / "cache"))
+    repo.dvc("checkout", "-q")
+    return repo
+
+
+@pytest.fixture
+def cloned(reproduced_repo: Repo, tmp_path: Path) -> Repo:
+    return clone(reproduced_repo, tmp_path / "clone")
+
+
+def lock_out_hashes(repo: Repo) -> dict[str, str]:
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    return {
+        f"{stage}:{out['path']}": out["md5"] for stage, body in lock["stages"].items() for out in body.get("outs", [])
+    }
+
+
+def test_full_repro_then_nothing_to_do(reproduced_repo: Repo) -> None:
+    assert reproduced_repo.dvc("status").stdout.strip() == "Data and pipelines are up to date."
+    assert reproduced_repo.repro() == []
+    submission = pl.read_csv(reproduced_repo.path / "data/submission.csv")
+    test_ids = pl.read_parquet(reproduced_repo.path / "data/generated/test.parquet")["id"]
+    assert submission.columns == ["id", "binds"]
+    assert submission["id"].to_list() == sorted(test_ids.to_list())
+    assert submission["binds"].is_between(0, 1).all()
+
+
+def test_scenario_b_new_hyperparameters_skip_data_stages(cloned: Repo) -> None:
+    result = cloned.dvc("exp", "run", "-S", "xgb.max_depth=8")
+    assert sorted(ran_stages(result.stdout)) == ["evaluate", "predict", "train"]
+    shown = json.loads(cloned.dvc("exp", "show", "--json").stdout)
+    experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
+    assert experiments, shown
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["xgb"]["max_depth"] == 8
+    assert data["metrics"]["metrics/evaluate.json"]["data"]["score"] > 0
+
+
+def test_scenario_c_new_test_data_reruns_only_the_test_side(cloned: Repo) -> None:
+    cloned.set_params({"generate": {"test_unseen_molecules": 200}})
+    train_before = cloned.read("data/generated/train.parquet")
+    ran = cloned.repro()
+    assert cloned.read("data/generated/train.parquet") == train_before
+    assert set(ran) == {"generate", "featurize@test", "predict"}
+    assert len(pl.read_csv(cloned.path / "data/submission.csv")) == 150 * 3 + 200
+
+
+def test_scenario_a_new_training_rows_featurize_only_new_molecules(cloned: Repo, tmp_path: Path) -> None:
+    cloned.set_params({"generate": {"train_molecules": 1800}})
+    result = cloned.dvc("repro")
+    assert set(ran_stages(result.stdout)) == ALL_STAGES - {"featurize@test"}
+    # The feature cache held the first 1500 molecules: only the 300 appended ones are computed.
+    assert "1500 reused from the feature cache, 300 computed" in result.stdout + result.stderr
+    # Same bytes as featurizing the new input from scratch with an empty cache.
+    scratch = tmp_path / "scratch"
+    run(
+        [sys.executable, "-m", "stages.featurize", "--split", "train", "--output", str(scratch / "train"),
+         "--rejects", str(scratch / "rejects.csv"), "--cache", str(tmp_path / "empty-cache")],
+        cwd=cloned.path,
+    )  # fmt: skip
+    incremental = cloned.path / "data/features/train"
+    files = sorted(p.relative_to(incremental) for p in incremental.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(scratch / "train") for p in (scratch / "train").rglob("*") if p.is_file())
+    for name in files:
+        assert (incremental / name).read_bytes() == (scratch / "train" / name).read_bytes(), name
+
+
+def test_code_change_reruns_that_stage_and_downstream_only(cloned: Repo) -> None:
+    with open(cloned.path / "stages/evaluate.py", "a") as handle:
+        handle.write("\n# a comment changes the file's hash\n")
+    assert cloned.repro() == ["evaluate"]
+    with open(cloned.path / "stages/predict.py", "a") as handle:
+        handle.write("\n# another\n")
+    assert cloned.repro() == ["predict"]
+    with open(cloned.path / "stages/split.py", "a") as handle:
+        handle.write("\n# split.py is imported by train and evaluate too\n")
+    ran = cloned.repro()
+    assert ran[0] == "split" and set(ran) <= {"split", "train", "evaluate", "predict"}, ran
+
+
+def test_metrics_and_params_diff_between_commits(cloned: Repo) -> None:
+    cloned.set_params({"xgb": {"max_depth": 2, "n_estimators": 10}})
+    assert cloned.repro() == ["train", "evaluate", "predict"]
+    cloned.commit("shallower trees")
+    metrics = cloned.dvc("metrics", "diff", "HEAD~1", "HEAD", "--md").stdout
+    assert "metrics/evaluate.json" in metrics and "score" in metrics
+    params = cloned.dvc("params", "diff", "HEAD~1", "HEAD", "--md").stdout
+    assert "xgb.max_depth" in params and "xgb.n_estimators" in params
+    plots = cloned.dvc("plots", "diff", "HEAD~1", "--json").stdout
+    assert "pr_BRD4" in plots or "Precision-recall" in plots
+
+
+def test_two_runs_from_scratch_give_identical_hashes(reproduced_repo: Repo, tmp_path: Path) -> None:
+    again = make_repo(tmp_path / "again")
+    again.repro()
+    assert lock_out_hashes(again) == lock_out_hashes(reproduced_repo)
+    assert again.read("metrics/evaluate.json") == reproduced_repo.read("metrics/evaluate.json")
+
+
+def test_default_data_reproduces_the_committed_lock_and_beats_chance(tmp_path: Path) -> None:
+    """The repository's own params, from nothing: the model is far above chance, and every output hash equals
+    the committed dvc.lock (so a fresh clone reproduces what was committed)."""
+    repo = make_repo(tmp_path / "default", params={})
+    shutil.copy(ROOT / "params.yaml", repo.path / "params.yaml")
+    repo.set_params({"resources": {"feature_cache": str(repo.path / ".cache")}})
+    assert set(repo.repro()) == ALL_STAGES
+    metrics = json.loads(repo.read("metrics/evaluate.json"))
+    assert metrics["score"] > 10 * metrics["positive_rate"], metrics
+    assert all(v["roc_auc"] > 0.8 for v in metrics["by_protein"].values()), metrics
+    committed = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    expected = {
+        f"{stage}:{out['path']}": out["md5"] for stage, body in committed["stages"].items() for out in body["outs"]
+    }
+    assert lock_out_hashes(repo) == expected
+
+
+def test_small_model_beats_chance_and_building_block_split_reports_unseen(cloned: Repo) -> None:
+    metrics = json.loads(cloned.read("metrics/evaluate.json"))
+    assert metrics["score"] > 2 * metrics["positive_rate"], metrics
+    assert metrics["roc_auc"] > 0.65, metrics
+    cloned.set_params({"split": {"method": "building_blocks"}})
+    assert cloned.repro() == ["split", "train", "evaluate", "predict"]
+    metrics = json.loads(cloned.read("metrics/evaluate.json"))
+    unseen = {k: v for k, v in metrics["by_group"].items() if k.endswith("/non_share")}
+    assert set(unseen) == {"BRD4/non_share", "HSA/non_share", "sEH/non_share"}
+    assert all(v["rows"] > 0 for v in unseen.values())
+    assert metrics["score"] > metrics["positive_rate"], metrics
+
+
+def test_real_belka_rows_plug_in_through_params_and_dvc(cloned: Repo, belka_sample: Path, tmp_path: Path) -> None:
+    """Kaggle's files come in with `dvc import-url` from a directory outside the repository; no code edits."""
+    outside = tmp_path / "downloads"
+    outside.mkdir()
+    shutil.copy(belka_sample, outside / "train.csv")
+    # A test file in Kaggle's test format (no binds), as parquet.
+    sample = pl.read_csv(belka_sample).head(600)
+    sample.drop("binds").with_columns(pl.col("id") + 10**9).write_parquet(outside / "test.parquet")
+    cloned.dvc("import-url", str(outside / "train.csv"), "data/belka/train.csv")
+    cloned.dvc("import-url", str(outside / "test.parquet"), "data/belka/test.parquet")
+    cloned.set_params({"inputs": {"train": "data/belka/train.csv", "test": "data/belka/test.parquet"}})
+    ran = cloned.repro()
+    assert "generate" not in ran and {"featurize@train", "featurize@test", "train", "predict"} <= set(ran)
+    manifest = json.loads(cloned.read("data/features/train/manifest.json"))
+    assert manifest["rows"] + manifest["rejected_rows"] == 16_731
+    submission = pl.read_csv(cloned.path / "data/submission.csv")
+    assert len(submission) == 600 and submission["id"].n_unique() == 600
+    metrics = json.loads(cloned.read("metrics/evaluate.json"))
+    assert metrics["rows"] > 0 and metrics["positives"] > 0
+
+
+def test_every_stage_runs_outside_dvc(reproduced_repo: Repo) -> None:
+    for stage in ("generate", "featurize", "split", "train", "evaluate", "predict"):
+        out = run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=reproduced_repo.path).stdout
+        assert "usage: python -m stages." in out and "--params" in out, stage
+    help_text = run([sys.executable, "-m", "stages.featurize", "--help"], cwd=reproduced_repo.path).stdout
+    assert "--input" in help_text and "--output" in help_text
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
