@@ -41,7 +41,14 @@ def clean_smiles_expr(smiles: pl.Expr, max_length: int) -> tuple[pl.Expr, pl.Exp
         .then(pl.format("[Dy] DNA-linker marker appears {} times (expected once)", markers))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
-    cleaned = pl.when(reason.is_null()).then(smiles.str.replace_all(DY, "", literal=True))
+    # Kaggle writes the linker as N[Dy]; RDKit's canonical form writes [NH][Dy]. Removing only [Dy] from the
+    # latter would leave an NH radical, so that nitrogen becomes a plain N (implicit hydrogens) first.
+    stripped = (
+        smiles.str.replace_all("[NH][Dy]", "N", literal=True)
+        .str.replace_all("[Dy][NH]", "N", literal=True)
+        .str.replace_all(DY, "", literal=True)
+    )
+    cleaned = pl.when(reason.is_null()).then(stripped)
     return cleaned, reason
 
 

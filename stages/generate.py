@@ -249,7 +249,8 @@ def molecule_smiles(libraries: tuple[Library, Library, Library], combos: np.ndar
     out = []
     for a, b, c in combos:
         raw = TRIAZINE.format(libraries[0].fragment[a], libraries[1].fragment[b], libraries[2].fragment[c])
-        out.append(Chem.MolToSmiles(Chem.MolFromSmiles(raw)))
+        # Kaggle writes the linker nitrogen as N[Dy]; RDKit's canonical SMILES says [NH][Dy].
+        out.append(Chem.MolToSmiles(Chem.MolFromSmiles(raw)).replace("[NH][Dy]", "N[Dy]"))
     return out
 
 

@@ -36,7 +36,9 @@ def cloned(reproduced_repo: Repo, tmp_path: Path) -> Repo:
 def lock_out_hashes(repo: Repo) -> dict[str, str]:
     lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
     return {
-        f"{stage}:{out['path']}": out["md5"] for stage, body in lock["stages"].items() for out in body.get("outs", [])
+        f"{stage}:{out['path']}": out["md5"]
+        for stage, body in lock["stages"].items()
+        for out in body.get("outs", [])
     }
 
 
@@ -85,7 +87,9 @@ def test_scenario_a_new_training_rows_featurize_only_new_molecules(cloned: Repo,
     )  # fmt: skip
     incremental = cloned.path / "data/features/train"
     files = sorted(p.relative_to(incremental) for p in incremental.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(scratch / "train") for p in (scratch / "train").rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(scratch / "train") for p in (scratch / "train").rglob("*") if p.is_file()
+    )
     for name in files:
         assert (incremental / name).read_bytes() == (scratch / "train" / name).read_bytes(), name
 
@@ -134,7 +138,9 @@ def test_default_data_reproduces_the_committed_lock_and_beats_chance(tmp_path: P
     assert all(v["roc_auc"] > 0.8 for v in metrics["by_protein"].values()), metrics
     committed = yaml.safe_load((ROOT / "dvc.lock").read_text())
     expected = {
-        f"{stage}:{out['path']}": out["md5"] for stage, body in committed["stages"].items() for out in body["outs"]
+        f"{stage}:{out['path']}": out["md5"]
+        for stage, body in committed["stages"].items()
+        for out in body["outs"]
     }
     assert lock_out_hashes(repo) == expected
 
@@ -152,7 +158,9 @@ def test_small_model_beats_chance_and_building_block_split_reports_unseen(cloned
     assert metrics["score"] > metrics["positive_rate"], metrics
 
 
-def test_real_belka_rows_plug_in_through_params_and_dvc(cloned: Repo, belka_sample: Path, tmp_path: Path) -> None:
+def test_real_belka_rows_plug_in_through_params_and_dvc(
+    cloned: Repo, belka_sample: Path, tmp_path: Path
+) -> None:
     """Kaggle's files come in with `dvc import-url` from a directory outside the repository; no code edits."""
     outside = tmp_path / "downloads"
     outside.mkdir()

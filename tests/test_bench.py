@@ -1,0 +1,67 @@
+"""A small run of bench/bench.py, so the benchmark script cannot rot. It checks the script runs and reports; the
+figures themselves are not asserted (they mean nothing at this size)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench import belka_gen
+from tests.conftest import ROOT, project_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_generator_is_belka_shaped_and_prefix_stable(tmp_path):
+    small, large = tmp_path / "small.parquet", tmp_path / "large.parquet"
+    assert belka_gen.write_belka(small, 3000) == {"rows": 3000, "molecules": 1000}
+    belka_gen.write_belka(large, 3300)
+    a, b = pq.read_table(small).to_pylist(), pq.read_table(large).to_pylist()
+    assert b[:3000] == a  # appending rows leaves the earlier rows as they were
+    assert [r["protein_name"] for r in a[:3]] == ["BRD4", "HSA", "sEH"]
+    assert len({r["molecule_smiles"] for r in b}) == 1100
+    assert [r["id"] for r in b] == list(range(3300))
+    assert all(r["molecule_smiles"].count("[Dy]") == 1 for r in a)
+
+
+def test_bench_small_run(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    command = [
+        sys.executable,
+        "bench/bench.py",
+        "--sizes",
+        "3000,9000",
+        "--train-sizes",
+        "9000",
+        "--append-sizes",
+        "9000",
+        "--trees",
+        "3",
+        "--trees-large",
+        "3",
+        "--naive-rows",
+        "600",
+        "--ceiling-molecules",
+        "300",
+        "--negative-sample-rate",
+        "0.2",
+        "--workers",
+        "2",
+        "--batch-rows",
+        "3000",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = results.read_text()
+    for heading in ("## Featurize", "## Appending 10%", "## Train", "## Targets", "## Projection"):
+        assert heading in text
+    assert "| 9,000 | 3,000 |" in text
+    assert "reused from the feature cache, 300 computed" in text
+    assert not (tmp_path / "work").exists()

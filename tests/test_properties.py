@@ -1,0 +1,104 @@
+"""Property-based tests of the SMILES cleaning and feature functions: any string in, features or a reason out."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stages import chem
+
+CONFIG = chem.FeatureConfig(fingerprint=True, radius=2, n_bits=64)
+MAX_LENGTH = 200
+
+SMILES_ALPHABET = "CNOSPFIBrcnos()[]=#@+-123456789%/\\.Dy "
+smiles_like = st.text(alphabet=SMILES_ALPHABET, max_size=80)
+garbage = st.text(max_size=80)  # any unicode, NUL and surrogate-free code points included
+with_nul = st.builds(lambda a, b: f"{a}\x00{b}", smiles_like, smiles_like)
+very_long = st.builds(lambda unit, n: unit * n, st.sampled_from(["C", "c1ccccc1", "[Dy]", "CC(=O)N"]), st.integers(30, 3000))
+REAL = st.sampled_from(
+    [
+        "Cc1ccc(C#N)cc1Nc1nc(NCCC(C)S(C)=O)nc(Nc2cccc(C(=O)N[Dy])c2C(=O)O)n1",
+        "CCOC(=O)c1cncnc1Nc1nc(Nc2cn(CC)nc2C)nc(N[C@H](Cc2ccc([N+](=O)[O-])cc2)C(=O)N[Dy])n1",
+        "CC(C)C(=O)N[Dy]",
+    ]
+)
+
+
+@st.composite
+def with_dy_insertions(draw) -> str:
+    """A SMILES-like or real string with zero or more ``[Dy]`` markers inserted at random places."""
+    text = draw(st.one_of(REAL, smiles_like))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + chem.DY + text[at:]
+    return text
+
+
+any_smiles = st.one_of(st.none(), garbage, smiles_like, with_nul, very_long, with_dy_insertions(), REAL)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_smiles)
+def test_clean_smiles_gives_exactly_one_of_cleaned_or_reason(smiles: str | None) -> None:
+    cleaned, reason = chem.clean_smiles(smiles, MAX_LENGTH)
+    assert (cleaned is None) != (reason is None)
+    if cleaned is not None:
+        assert smiles is not None and smiles.count(chem.DY) == 1
+        assert chem.DY not in cleaned and cleaned == smiles.replace(chem.DY, "")
+        assert len(smiles) <= MAX_LENGTH and smiles.strip()
+    else:
+        assert isinstance(reason, str) and reason
+        if smiles is not None and smiles.strip() and len(smiles) <= MAX_LENGTH:
+            assert smiles.count(chem.DY) != 1
+            assert "[Dy]" in reason
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(any_smiles.filter(lambda s: s is not None), max_size=6))
+def test_featurize_smiles_never_raises(smiles: list[str]) -> None:
+    cleaned = [chem.clean_smiles(s, MAX_LENGTH)[0] or s for s in smiles]  # raw garbage too, not only cleaned
+    batch = chem.featurize_smiles(cleaned, CONFIG)
+    n = len(cleaned)
+    assert batch.mw.shape == (n,) and batch.hbd.shape == (n,) and batch.hba.shape == (n,)
+    assert batch.fp.shape == (n, CONFIG.fp_bytes) and batch.fp.dtype == np.uint8
+    assert len(batch.reasons) == n
+    for i, reason in enumerate(batch.reasons):
+        if reason is None:
+            assert np.isfinite(batch.mw[i]) and batch.mw[i] > 0
+            assert batch.hbd[i] >= 0 and batch.hba[i] >= 0
+        else:
+            assert isinstance(reason, str) and reason
+            assert batch.mw[i] == 0 and not batch.fp[i].any()
+
+
+@settings(max_examples=100, deadline=None)
+@given(with_dy_insertions())
+def test_single_marker_real_smiles_featurize(smiles: str) -> None:
+    cleaned, reason = chem.clean_smiles(smiles, 1_000)
+    if smiles.count(chem.DY) != 1:
+        assert cleaned is None and reason is not None
+        return
+    assert reason is None
+    batch = chem.featurize_smiles([cleaned], CONFIG)
+    assert (batch.reasons[0] is None) == (chem.parse(cleaned)[0] is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage)
+def test_molecule_key_is_stable_and_63_bit(text: str) -> None:
+    key = chem.molecule_key(text)
+    assert 0 <= key < 2**63
+    assert key == chem.molecule_key(text)
+
+
+def test_clean_smiles_known_reasons() -> None:
+    assert chem.clean_smiles("CC(=O)N[Dy]") == ("CC(=O)N", None)
+    assert chem.clean_smiles("")[1] == "empty SMILES"
+    assert chem.clean_smiles("   ")[1] == "empty SMILES"
+    assert chem.clean_smiles(None)[1] == "empty SMILES"
+    assert chem.clean_smiles("CC(=O)N")[1] == "no [Dy] DNA-linker marker"
+    assert "appears 2 times" in chem.clean_smiles("[Dy]CC(=O)N[Dy]")[1]
+    assert "longer than 20 characters (25)" in chem.clean_smiles("C" * 21 + "[Dy]", 20)[1]
+    batch = chem.featurize_smiles(["C1CC(=O)N", "CC\x00C", ""], CONFIG)
+    assert all(r and r.startswith("RDKit could not") for r in batch.reasons)
