@@ -8,10 +8,12 @@ rows, the key index (12 bytes a molecule) and a few molecule parts, never the wh
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -19,6 +21,9 @@ import pyarrow as pa
 
 from stages.chem import DESCRIPTORS, unpack_fingerprints
 from stages.io import InputError, list_shards
+
+log = logging.getLogger("stages.dataset")
+T = TypeVar("T")
 
 KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")
@@ -55,6 +60,60 @@ def binary_matrix(column: pl.Series, width: int) -> np.ndarray:
     return data[offsets[0] : offsets[-1]].reshape(len(array), width)
 
 
+class PartIndex:
+    """Where each key lives among parquet parts: sorted keys with their part and row, 16 bytes a key.
+
+    A part that cannot be read raises, unless ``skip_unreadable`` (then its keys are simply not indexed).
+    """
+
+    def __init__(self, paths: list[Path], skip_unreadable: bool = False) -> None:
+        keys, owners, rows = [np.empty(0, np.int64)], [np.empty(0, np.int32)], [np.empty(0, np.int32)]
+        for number, path in enumerate(paths):
+            try:
+                part_keys = pl.read_parquet(path, columns=[KEY])[KEY].to_numpy()
+            except Exception:
+                if not skip_unreadable:
+                    raise
+                log.warning("ignoring unreadable part %s", path)
+                continue
+            keys.append(part_keys)
+            owners.append(np.full(len(part_keys), number, dtype=np.int32))
+            rows.append(np.arange(len(part_keys), dtype=np.int32))
+        all_keys = np.concatenate(keys)
+        order = np.argsort(all_keys, kind="stable")
+        self.keys = all_keys[order]
+        self.owner = np.concatenate(owners)[order]
+        self.row = np.concatenate(rows)[order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found mask, part number, row in part) for each key; part and row are meaningless where not found."""
+        if len(self.keys) == 0:
+            zeros = np.zeros(len(keys), dtype=np.int32)
+            return np.zeros(len(keys), dtype=bool), zeros, zeros
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys, self.owner[pos], self.row[pos]
+
+
+class PartCache:
+    """The last few parts read, by number (least recently used goes first)."""
+
+    def __init__(self, load: Callable[[int], T], keep: int) -> None:
+        self.load, self.keep = load, keep
+        self.loaded: OrderedDict[int, T] = OrderedDict()
+
+    def get(self, number: int) -> T:
+        if number in self.loaded:
+            self.loaded.move_to_end(number)
+            return self.loaded[number]
+        value = self.loaded[number] = self.load(number)
+        if len(self.loaded) > self.keep:
+            self.loaded.popitem(last=False)
+        return value
+
+
 @dataclass
 class MoleculePart:
     descriptors: np.ndarray  # float64 (m, len(DESCRIPTORS))
@@ -69,45 +128,26 @@ class MoleculeStore:
         self.manifest = read_manifest(self.directory)
         self.n_bits = fingerprint_bits(self.manifest)
         self.parts = list_shards(self.directory / "molecules")
-        keys, owners, rows = [], [], []
-        for number, path in enumerate(self.parts):
-            part_keys = pl.read_parquet(path, columns=[KEY])[KEY].to_numpy()
-            keys.append(part_keys)
-            owners.append(np.full(len(part_keys), number, dtype=np.int32))
-            rows.append(np.arange(len(part_keys), dtype=np.int32))
-        order = np.argsort(np.concatenate(keys), kind="stable") if keys else np.empty(0, np.int64)
-        self.keys = np.concatenate(keys)[order] if keys else np.empty(0, np.int64)
-        self.owner = np.concatenate(owners)[order] if keys else np.empty(0, np.int32)
-        self.row = np.concatenate(rows)[order] if keys else np.empty(0, np.int32)
-        self.loaded: OrderedDict[int, MoleculePart] = OrderedDict()
-        self.keep_parts = keep_parts
+        self.index = PartIndex(self.parts)
+        self.cache = PartCache(self._load, keep_parts)
 
-    def _part(self, number: int) -> MoleculePart:
-        if number in self.loaded:
-            self.loaded.move_to_end(number)
-            return self.loaded[number]
+    def _load(self, number: int) -> MoleculePart:
         frame = pl.read_parquet(self.parts[number])
-        part = MoleculePart(
+        return MoleculePart(
             descriptors=frame.select(DESCRIPTORS).to_numpy().astype(np.float64),
             fingerprints=binary_matrix(frame["fp"], self.n_bits // 8) if self.n_bits else np.zeros((len(frame), 0)),
         )
-        self.loaded[number] = part
-        if len(self.loaded) > self.keep_parts:
-            self.loaded.popitem(last=False)
-        return part
 
     def lookup(self, keys: np.ndarray) -> MoleculePart:
         """Descriptors and packed fingerprints for ``keys``, in the same order; every key must be known."""
-        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
-        if len(self.keys) == 0 or not np.all(self.keys[pos] == keys):
-            missing = len(keys) if len(self.keys) == 0 else int((self.keys[pos] != keys).sum())
-            raise InputError(f"{self.directory}: {missing} row(s) refer to molecules missing from molecules/")
+        found, owner, row = self.index.locate(keys)
+        if not found.all():
+            raise InputError(f"{self.directory}: {int((~found).sum())} row(s) refer to molecules missing from molecules/")
         descriptors = np.empty((len(keys), len(DESCRIPTORS)), dtype=np.float64)
         fingerprints = np.empty((len(keys), self.n_bits // 8), dtype=np.uint8)
-        owner, row = self.owner[pos], self.row[pos]
         for number in np.unique(owner):
             mask = owner == number
-            part = self._part(int(number))
+            part = self.cache.get(int(number))
             descriptors[mask] = part.descriptors[row[mask]]
             fingerprints[mask] = part.fingerprints[row[mask]]
         return MoleculePart(descriptors, fingerprints)

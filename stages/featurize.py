@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import math
-from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -36,7 +35,7 @@ import polars as pl
 import rdkit
 
 from stages import chem
-from stages.dataset import BB_KEYS, KEY
+from stages.dataset import BB_KEYS, KEY, PartCache, PartIndex
 from stages.io import (
     BB_COLUMNS,
     BINDS,
@@ -209,55 +208,29 @@ def cache_namespace(config: chem.FeatureConfig, max_length: int) -> str:
 class FeatureCache:
     """Immutable parquet parts of computed molecule features (key, features, reason), content-addressed.
 
-    The index of what the cache held at start is two numpy arrays (key, part), 12 bytes a molecule; a part is
-    read when one of its molecules is needed, a few parts are kept in memory.
+    What the cache held at start is indexed (16 bytes a molecule); a part is read when one of its molecules is
+    needed, and the last few read are kept. A damaged part is ignored: its molecules are computed again.
     """
 
     def __init__(self, directory: Path, schema: dict[str, pl.DataType], keep_parts: int = 4) -> None:
         self.directory = directory
         self.schema = {**schema, "reason": pl.String}
         self.parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
-        keys, owners = [], []
-        for number, path in enumerate(self.parts):
-            try:
-                part_keys = pl.read_parquet(path, columns=[KEY])[KEY].to_numpy()
-            except Exception:  # a damaged part is ignored, its molecules are recomputed
-                log.warning("feature cache: ignoring unreadable part %s", path)
-                continue
-            keys.append(part_keys)
-            owners.append(np.full(len(part_keys), number, dtype=np.int32))
-        all_keys = np.concatenate(keys) if keys else np.empty(0, np.int64)
-        order = np.argsort(all_keys, kind="stable")
-        self.keys = all_keys[order]
-        self.owner = (np.concatenate(owners) if owners else np.empty(0, np.int32))[order]
-        self.loaded: OrderedDict[int, pl.DataFrame] = OrderedDict()
-        self.keep_parts = keep_parts
+        self.index = PartIndex(self.parts, skip_unreadable=True)
+        self.cache = PartCache(lambda number: pl.read_parquet(self.parts[number]).cast(self.schema), keep_parts)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.index)
 
     def lookup(self, keys: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
-        """Features of the cached ones among ``keys`` (any order) and a mask of which were cached."""
-        if len(self.keys) == 0 or len(keys) == 0:
-            return pl.DataFrame(schema=self.schema), np.zeros(len(keys), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        found = self.keys[pos] == keys
-        frames = []
-        for part in np.unique(self.owner[pos[found]]):
-            wanted = keys[found][self.owner[pos[found]] == part]
-            frames.append(self._part(int(part)).filter(pl.col(KEY).is_in(wanted)))
-        frame = pl.concat(frames).unique(KEY, keep="first") if frames else pl.DataFrame(schema=self.schema)
+        """Features of the cached ones among ``keys`` (grouped by part) and a mask of which were cached."""
+        found, owner, row = self.index.locate(keys)
+        frames = [
+            self.cache.get(int(number))[row[found & (owner == number)]]
+            for number in np.unique(owner[found])
+        ]
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema=self.schema)
         return frame, found
-
-    def _part(self, number: int) -> pl.DataFrame:
-        if number in self.loaded:
-            self.loaded.move_to_end(number)
-            return self.loaded[number]
-        frame = pl.read_parquet(self.parts[number]).cast(self.schema)
-        self.loaded[number] = frame
-        if len(self.loaded) > self.keep_parts:
-            self.loaded.popitem(last=False)
-        return frame
 
     def add(self, frame: pl.DataFrame) -> None:
         if len(frame) == 0:
