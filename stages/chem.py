@@ -48,6 +48,12 @@ def clean_smiles_expr(smiles: pl.Expr, max_length: int) -> tuple[pl.Expr, pl.Exp
         .str.replace_all("[Dy][NH]", "N", literal=True)
         .str.replace_all(DY, "", literal=True)
     )
+    nested = reason.is_null() & stripped.str.contains(DY, literal=True)  # "[[Dy]Dy]": one removed, one left
+    reason = (
+        pl.when(nested)
+        .then(pl.lit("[Dy] DNA-linker marker nested in another (expected once)"))
+        .otherwise(reason)
+    )
     cleaned = pl.when(reason.is_null()).then(stripped)
     return cleaned, reason
 

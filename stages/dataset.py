@@ -135,14 +135,18 @@ class MoleculeStore:
         frame = pl.read_parquet(self.parts[number])
         return MoleculePart(
             descriptors=frame.select(DESCRIPTORS).to_numpy().astype(np.float64),
-            fingerprints=binary_matrix(frame["fp"], self.n_bits // 8) if self.n_bits else np.zeros((len(frame), 0)),
+            fingerprints=binary_matrix(frame["fp"], self.n_bits // 8)
+            if self.n_bits
+            else np.zeros((len(frame), 0)),
         )
 
     def lookup(self, keys: np.ndarray) -> MoleculePart:
         """Descriptors and packed fingerprints for ``keys``, in the same order; every key must be known."""
         found, owner, row = self.index.locate(keys)
         if not found.all():
-            raise InputError(f"{self.directory}: {int((~found).sum())} row(s) refer to molecules missing from molecules/")
+            raise InputError(
+                f"{self.directory}: {int((~found).sum())} row(s) refer to molecules missing from molecules/"
+            )
         descriptors = np.empty((len(keys), len(DESCRIPTORS)), dtype=np.float64)
         fingerprints = np.empty((len(keys), self.n_bits // 8), dtype=np.uint8)
         for number in np.unique(owner):
@@ -156,7 +160,9 @@ class MoleculeStore:
         return unpack_fingerprints(packed, self.n_bits)
 
 
-def iter_row_batches(rows_dir: Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+def iter_row_batches(
+    rows_dir: Path, batch_rows: int, columns: list[str] | None = None
+) -> Iterator[pl.DataFrame]:
     """Rows from the shards of ``rows_dir`` in order, in batches of at most ``batch_rows``."""
     for path in list_shards(rows_dir):
         frame = pl.read_parquet(path, columns=columns)

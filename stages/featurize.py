@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import logging
 import math
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -183,7 +183,9 @@ def clean_batch(batch: pl.DataFrame, max_length: int) -> tuple[pl.DataFrame, pl.
 
 def row_frame(valid: pl.DataFrame) -> pl.DataFrame:
     binds = pl.col(BINDS) if BINDS in valid.columns else pl.lit(None)
-    return valid.select(pl.col(ID), pl.col(KEY), pl.col(PROTEIN), binds.alias(BINDS), *BB_KEYS).cast(ROW_SCHEMA)
+    return valid.select(pl.col(ID), pl.col(KEY), pl.col(PROTEIN), binds.alias(BINDS), *BB_KEYS).cast(
+        ROW_SCHEMA
+    )
 
 
 def feature_frame(keys: np.ndarray, batch: chem.FeatureBatch, config: chem.FeatureConfig) -> pl.DataFrame:
@@ -217,7 +219,9 @@ class FeatureCache:
         self.schema = {**schema, "reason": pl.String}
         self.parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
         self.index = PartIndex(self.parts, skip_unreadable=True)
-        self.cache = PartCache(lambda number: pl.read_parquet(self.parts[number]).cast(self.schema), keep_parts)
+        self.cache = PartCache(
+            lambda number: pl.read_parquet(self.parts[number]).cast(self.schema), keep_parts
+        )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -226,8 +230,7 @@ class FeatureCache:
         """Features of the cached ones among ``keys`` (grouped by part) and a mask of which were cached."""
         found, owner, row = self.index.locate(keys)
         frames = [
-            self.cache.get(int(number))[row[found & (owner == number)]]
-            for number in np.unique(owner[found])
+            self.cache.get(int(number))[row[found & (owner == number)]] for number in np.unique(owner[found])
         ]
         frame = pl.concat(frames) if frames else pl.DataFrame(schema=self.schema)
         return frame, found
@@ -254,20 +257,32 @@ class FeatureWorkers:
         self.executor: ProcessPoolExecutor | None = None
 
     def compute(self, cleaned: list[str]) -> chem.FeatureBatch:
+        return self.submit(cleaned)()
+
+    def submit(self, cleaned: list[str]) -> Callable[[], chem.FeatureBatch]:
+        """Start computing; returns a function that waits for the result. The pool works on what was submitted
+        while the caller prepares or writes other batches, so it does not idle at batch boundaries."""
         if self.n_workers <= 1 or len(cleaned) < self.SMALL:
-            return chem.featurize_smiles(cleaned, self.config)
+            return lambda: chem.featurize_smiles(cleaned, self.config)
         if self.executor is None:
             self.executor = ProcessPoolExecutor(self.n_workers, mp_context=get_context("spawn"))
         size = max(250, math.ceil(len(cleaned) / (self.n_workers * 8)))
-        chunks = [cleaned[i : i + size] for i in range(0, len(cleaned), size)]
-        parts = list(self.executor.map(chem.featurize_smiles, chunks, itertools.repeat(self.config)))
-        return chem.FeatureBatch(
-            mw=np.concatenate([p.mw for p in parts]),
-            hbd=np.concatenate([p.hbd for p in parts]),
-            hba=np.concatenate([p.hba for p in parts]),
-            fp=np.concatenate([p.fp for p in parts]),
-            reasons=[r for p in parts for r in p.reasons],
-        )
+        futures = [
+            self.executor.submit(chem.featurize_smiles, cleaned[i : i + size], self.config)
+            for i in range(0, len(cleaned), size)
+        ]
+
+        def result() -> chem.FeatureBatch:
+            parts = [future.result() for future in futures]
+            return chem.FeatureBatch(
+                mw=np.concatenate([p.mw for p in parts]),
+                hbd=np.concatenate([p.hbd for p in parts]),
+                hba=np.concatenate([p.hba for p in parts]),
+                fp=np.concatenate([p.fp for p in parts]),
+                reasons=[r for p in parts for r in p.reasons],
+            )
+
+        return result
 
     def close(self) -> None:
         if self.executor is not None:
@@ -300,11 +315,10 @@ def featurize_file(
         with atomic_dir(output) as tmp:
             (tmp / "rows").mkdir()
             (tmp / "molecules").mkdir()
-            for number, batch in enumerate(iter_raw_batches(source, settings.batch_rows, needs_binds)):
-                check_batch(batch, str(source), needs_binds)
-                duplicates.check(batch[ID].to_numpy())
-                valid, rejects = clean_batch(batch, settings.max_smiles_length)
-                molecules, chem_rejects = _new_molecules(valid, seen, cache, pool, config, counts)
+            pending = None  # the batch whose molecules the pool is computing
+
+            def finish(number: int, n_rows: int, valid: pl.DataFrame, rejects: pl.DataFrame, job) -> None:
+                molecules, chem_rejects = _finish_molecules(job, cache, config, counts)
                 if chem_rejects is not None:
                     bad = valid.join(chem_rejects, on=KEY, how="semi")
                     rejects = pl.concat([rejects, _reject_rows(bad, chem_rejects)])
@@ -313,13 +327,22 @@ def featurize_file(
                     all_rejects.append(rejects.sort(ID))
                 write_parquet(row_frame(valid), tmp / "rows" / shard_name(number))
                 write_parquet(molecules, tmp / "molecules" / shard_name(number))
-                counts["rows"] += len(batch)
+                counts["rows"] += n_rows
                 counts["rejected_rows"] += len(rejects)
                 counts["molecules"] += len(molecules)
-                progress.update(len(batch))
-            rejected = (
-                pl.concat(all_rejects).sort(ID) if all_rejects else pl.DataFrame(schema=REJECT_SCHEMA)
-            )
+                progress.update(n_rows)
+
+            for number, batch in enumerate(iter_raw_batches(source, settings.batch_rows, needs_binds)):
+                check_batch(batch, str(source), needs_binds)
+                duplicates.check(batch[ID].to_numpy())
+                valid, rejects = clean_batch(batch, settings.max_smiles_length)
+                job = _start_molecules(valid, seen, cache, pool)
+                if pending is not None:
+                    finish(*pending)  # while the pool computes this batch's molecules
+                pending = (number, len(batch), valid, rejects, job)
+            if pending is not None:
+                finish(*pending)
+            rejected = pl.concat(all_rejects).sort(ID) if all_rejects else pl.DataFrame(schema=REJECT_SCHEMA)
             write_csv(rejected, rejects_path)
             fraction = counts["rejected_rows"] / max(counts["rows"], 1)
             if fraction > settings.max_reject_fraction:
@@ -355,26 +378,27 @@ def featurize_file(
     return counts
 
 
-def _new_molecules(
-    valid: pl.DataFrame,
-    seen: KeySet,
-    cache: FeatureCache,
-    pool: FeatureWorkers,
-    config: chem.FeatureConfig,
-    counts: dict[str, int],
-) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Features of the molecules first seen in this batch, in order of first appearance, and the rejected ones."""
+def _start_molecules(valid: pl.DataFrame, seen: KeySet, cache: FeatureCache, pool: FeatureWorkers) -> tuple:
+    """Find the molecules first seen in a batch, look them up in the cache, submit the rest to the pool."""
     unique = valid.select(KEY, "cleaned").unique(KEY, keep="first", maintain_order=True)
     unique = unique.filter(~pl.Series(seen.contains(unique[KEY].to_numpy())))
     keys = unique[KEY].to_numpy()
     seen.add(keys)
     cached, found = cache.lookup(keys)
-    todo = unique.filter(pl.Series(~found))
-    computed = feature_frame(todo[KEY].to_numpy(), pool.compute(todo["cleaned"].to_list()), config)
+    todo = unique.filter(pl.Series(~found)).select(KEY, "cleaned")
+    return unique.select(KEY), cached, found, todo[KEY].to_numpy(), pool.submit(todo["cleaned"].to_list())
+
+
+def _finish_molecules(
+    job: tuple, cache: FeatureCache, config: chem.FeatureConfig, counts: dict[str, int]
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Features of the molecules first seen in a batch, in order of first appearance; the rejected ones."""
+    unique, cached, found, todo_keys, result = job
+    computed = feature_frame(todo_keys, result(), config)
     cache.add(computed)
     counts["reused"] += int(found.sum())
-    counts["computed"] += len(todo)
-    merged = unique.select(KEY).join(pl.concat([cached, computed]), on=KEY, how="left", maintain_order="left")
+    counts["computed"] += len(todo_keys)
+    merged = unique.join(pl.concat([cached, computed]), on=KEY, how="left", maintain_order="left")
     failed = merged.filter(pl.col("reason").is_not_null()).select(KEY, "reason")
     molecules = merged.filter(pl.col("reason").is_null()).drop("reason")
     return molecules, (failed if len(failed) else None)
@@ -394,12 +418,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m stages.featurize",
         description="Featurize a BELKA-format file: clean SMILES, RDKit features once per unique molecule.",
     )
-    parser.add_argument("--split", choices=("train", "test"), help="use inputs.<split> and data/features/<split>")
-    parser.add_argument("--input", type=Path, help="a BELKA-format parquet file, directory of parquet, or csv")
+    parser.add_argument(
+        "--split", choices=("train", "test"), help="use inputs.<split> and data/features/<split>"
+    )
+    parser.add_argument(
+        "--input", type=Path, help="a BELKA-format parquet file, directory of parquet, or csv"
+    )
     parser.add_argument("--output", type=Path, help="the output directory (written atomically)")
     parser.add_argument("--rejects", type=Path, help="CSV of rejected rows (default: <output>-rejects.csv)")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--cache", type=Path, help="feature cache directory (default: resources.feature_cache)")
+    parser.add_argument(
+        "--cache", type=Path, help="feature cache directory (default: resources.feature_cache)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

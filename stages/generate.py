@@ -105,7 +105,11 @@ def dna_linked_fragment(amino_acid: str) -> str:
     mol = products[0][0]
     Chem.SanitizeMol(mol)
     # Products renumber atoms; RDKit records each atom's index in the reactant.
-    amine = next(a.GetIdx() for a in mol.GetAtoms() if a.HasProp("react_atom_idx") and a.GetIntProp("react_atom_idx") == 0)
+    amine = next(
+        a.GetIdx()
+        for a in mol.GetAtoms()
+        if a.HasProp("react_atom_idx") and a.GetIntProp("react_atom_idx") == 0
+    )
     return Chem.MolToSmiles(mol, rootedAtAtom=amine)
 
 
@@ -235,7 +239,7 @@ def draw_molecules(
         for combo in combos:
             key = molecule_identity(libraries, combo)
             bucket = _bucket(key)
-            if kind == "train" and bucket == 0 or kind == "test_shared" and bucket != 0 or key in seen:
+            if (kind == "train" and bucket == 0) or (kind == "test_shared" and bucket != 0) or key in seen:
                 continue
             seen[key] = None
             chosen.append(combo)
@@ -280,7 +284,9 @@ def molecule_rows(
     return frame
 
 
-def labels_for(params: Generate, libraries, rule: Rule, combos: np.ndarray, stream: int) -> dict[str, np.ndarray]:
+def labels_for(
+    params: Generate, libraries, rule: Rule, combos: np.ndarray, stream: int
+) -> dict[str, np.ndarray]:
     profiles = _profiles(libraries, combos)
     out = {}
     for k, protein in enumerate(PROTEINS):
@@ -320,7 +326,9 @@ def generate(params: Generate) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 RAW_SCHEMA = pa.schema(
-    [(ID, pa.int64())] + [(name, pa.string()) for name in (*BB_COLUMNS, SMILES, PROTEIN)] + [(BINDS, pa.int64())]
+    [(ID, pa.int64())]
+    + [(name, pa.string()) for name in (*BB_COLUMNS, SMILES, PROTEIN)]
+    + [(BINDS, pa.int64())]
 )
 
 
@@ -332,7 +340,9 @@ def to_kaggle_table(frame: pl.DataFrame) -> pa.Table:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="where train.parquet and test.parquet go")
+    parser.add_argument(
+        "--out-dir", default=str(DEFAULT_OUT_DIR), help="where train.parquet and test.parquet go"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -343,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out_dir)
         write_parquet(to_kaggle_table(train), out / "train.parquet")
         write_parquet(to_kaggle_table(test), out / "test.parquet")
-        log.info("wrote %d train rows (%d positives) and %d test rows", len(train), train[BINDS].sum(), len(test))
+        log.info(
+            "wrote %d train rows (%d positives) and %d test rows", len(train), train[BINDS].sum(), len(test)
+        )
 
     return run_main(body)
 

@@ -164,7 +164,9 @@ _STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 
 def _open_dataset(path: Path) -> pads.Dataset:
     if not path.exists():
-        raise InputError(f"{path}: input not found (check inputs in params.yaml, or run dvc repro / dvc pull)")
+        raise InputError(
+            f"{path}: input not found (check inputs in params.yaml, or run dvc repro / dvc pull)"
+        )
     fmt = "csv" if path.suffix.lower() == ".csv" else "parquet"
     try:
         if fmt == "csv":
@@ -214,7 +216,9 @@ def raw_row_count(path: str | os.PathLike[str]) -> int:
         raise InputError(f"{path}: cannot be read ({exc})") from None
 
 
-def iter_raw_batches(path: str | os.PathLike[str], batch_rows: int, needs_binds: bool) -> Iterator[pl.DataFrame]:
+def iter_raw_batches(
+    path: str | os.PathLike[str], batch_rows: int, needs_binds: bool
+) -> Iterator[pl.DataFrame]:
     """Stream a raw BELKA file (parquet file, directory of parquet files, or csv) in batches of exactly
     ``batch_rows`` rows (the last may be shorter), so shard boundaries depend on the data only."""
     path = Path(path)
@@ -266,7 +270,9 @@ def list_shards(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(directory.glob("part-*.parquet"))
 
 
-def iter_shards(directory: str | os.PathLike[str], columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+def iter_shards(
+    directory: str | os.PathLike[str], columns: list[str] | None = None
+) -> Iterator[pl.DataFrame]:
     for path in list_shards(directory):
         yield pl.read_parquet(path, columns=columns)
 

@@ -42,7 +42,9 @@ def encoder_from_json(data: dict, source: str) -> OneHotEncoder:
     categories = data.get("categories")
     if not (isinstance(categories, list) and categories and all(isinstance(c, str) for c in categories)):
         raise ArtifactError(f"{source}: 'categories' must be a non-empty list of protein names")
-    encoder = OneHotEncoder(categories=[categories], handle_unknown="error", sparse_output=False, dtype=np.float32)
+    encoder = OneHotEncoder(
+        categories=[categories], handle_unknown="error", sparse_output=False, dtype=np.float32
+    )
     return encoder.fit(np.array(categories, dtype=object).reshape(-1, 1))
 
 
@@ -61,7 +63,9 @@ def scaler_to_json(scaler: StandardScaler) -> dict:
 def scaler_from_json(data: dict, source: str) -> StandardScaler:
     _check_format(data, "belka-standard-scaler", source)
     if data.get("features") != list(DESCRIPTORS):
-        raise ArtifactError(f"{source}: scaler features {data.get('features')} != expected {list(DESCRIPTORS)}")
+        raise ArtifactError(
+            f"{source}: scaler features {data.get('features')} != expected {list(DESCRIPTORS)}"
+        )
     scaler = StandardScaler()
     try:
         scaler.mean_ = np.asarray(data["mean"], dtype=np.float64)
@@ -170,5 +174,7 @@ def load_model(directory: Path = MODEL_DIR) -> Model:
     try:
         booster.load_model(str(directory / MODEL))
     except xgb.core.XGBoostError as exc:
-        raise ArtifactError(f"{directory / MODEL}: XGBoost cannot load it ({str(exc).splitlines()[0]})") from None
+        raise ArtifactError(
+            f"{directory / MODEL}: XGBoost cannot load it ({str(exc).splitlines()[0]})"
+        ) from None
     return Model(encoder, scaler, booster, manifest)

@@ -194,7 +194,9 @@ def _describe_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
 
 def parse_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
     if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+        raise ParamsError(
+            f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}"
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

@@ -33,7 +33,9 @@ def fallback_predictions(rejects: pl.DataFrame, model: Model) -> pl.DataFrame:
     return pl.DataFrame({ID: rejects[ID], "binds": probs})
 
 
-def predict_file(features_dir: Path, rejects_file: Path | None, model_dir: Path, batch_rows: int) -> pl.DataFrame:
+def predict_file(
+    features_dir: Path, rejects_file: Path | None, model_dir: Path, batch_rows: int
+) -> pl.DataFrame:
     model = load_model(model_dir)
     store = MoleculeStore(features_dir)
     model.check_features(store)
@@ -48,7 +50,9 @@ def predict_file(features_dir: Path, rejects_file: Path | None, model_dir: Path,
     if rejects_file is not None and rejects_file.exists():
         rejects = pl.read_csv(rejects_file, schema_overrides={ID: pl.Int64, PROTEIN: pl.String})
         if len(rejects):
-            log.warning("%d rejected test rows get their protein's base rate (see %s)", len(rejects), rejects_file)
+            log.warning(
+                "%d rejected test rows get their protein's base rate (see %s)", len(rejects), rejects_file
+            )
             parts.append(fallback_predictions(rejects, model))
     submission = pl.concat(parts) if parts else pl.DataFrame(schema={ID: pl.Int64, "binds": pl.Float64})
     duplicated = submission.filter(pl.col(ID).is_duplicated())
@@ -60,8 +64,12 @@ def predict_file(features_dir: Path, rejects_file: Path | None, model_dir: Path,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", type=Path, default=FEATURES_DIR, help="featurize output of the test data")
-    parser.add_argument("--rejects", type=Path, default=REJECTS_FILE, help="featurize's rejects of the test data")
+    parser.add_argument(
+        "--features", type=Path, default=FEATURES_DIR, help="featurize output of the test data"
+    )
+    parser.add_argument(
+        "--rejects", type=Path, default=REJECTS_FILE, help="featurize's rejects of the test data"
+    )
     parser.add_argument("--models", type=Path, default=MODEL_DIR)
     parser.add_argument("--output", type=Path, help="submission CSV (default: predict.output)")
     parser.add_argument("-v", "--verbose", action="store_true")

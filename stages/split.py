@@ -21,7 +21,16 @@ import numpy as np
 import polars as pl
 
 from stages.dataset import BB_KEYS, KEY, iter_row_batches
-from stages.io import BINDS, InputError, atomic_dir, run_main, setup_logging, shard_name, write_json, write_parquet
+from stages.io import (
+    BINDS,
+    InputError,
+    atomic_dir,
+    run_main,
+    setup_logging,
+    shard_name,
+    write_json,
+    write_parquet,
+)
 from stages.params import Split, load_params
 
 log = logging.getLogger("stages.split")
@@ -56,7 +65,11 @@ def assign_valid(rows: pl.DataFrame, params: Split) -> np.ndarray:
 
 
 def split_rows(features_dir: Path, out_dir: Path, params: Split, batch_rows: int = 1_000_000) -> dict:
-    summary = {"method": params.method, "train": {"rows": 0, "positives": 0}, "valid": {"rows": 0, "positives": 0}}
+    summary = {
+        "method": params.method,
+        "train": {"rows": 0, "positives": 0},
+        "valid": {"rows": 0, "positives": 0},
+    }
     with atomic_dir(out_dir) as tmp:
         for side in ("train", "valid"):
             (tmp / side).mkdir()
@@ -76,7 +89,9 @@ def split_rows(features_dir: Path, out_dir: Path, params: Split, batch_rows: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.split", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", type=Path, default=FEATURES_DIR, help="featurize output of the train data")
+    parser.add_argument(
+        "--features", type=Path, default=FEATURES_DIR, help="featurize output of the train data"
+    )
     parser.add_argument("--output", type=Path, default=SPLIT_DIR)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

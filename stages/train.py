@@ -25,7 +25,7 @@ import xgboost as xgb
 from dvclive import Live
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from stages.dataset import MoleculeStore, count_rows, iter_row_batches
+from stages.dataset import MoleculeStore, iter_row_batches
 from stages.io import BINDS, ID, PROTEIN, InputError, Progress, atomic_dir, run_main, setup_logging
 from stages.model import MODEL_DIR, design_matrix, feature_names, save_model
 from stages.params import Params, load_params
@@ -69,7 +69,9 @@ class RowBatches(xgb.DataIter):
         if rows is None:
             return False
         matrix = design_matrix(rows, self.store, self.encoder, self.scaler)
-        input_data(data=matrix, label=rows[BINDS].to_numpy().astype(np.float32), weight=rows["weight"].to_numpy())
+        input_data(
+            data=matrix, label=rows[BINDS].to_numpy().astype(np.float32), weight=rows["weight"].to_numpy()
+        )
         return True
 
     def reset(self) -> None:
@@ -137,7 +139,9 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
             return matrix_type(it, max_bin=params.xgb.max_bin, ref=ref)
 
         dtrain = matrix("train", True)
-        dvalid = matrix("valid", False, ref=dtrain)
+        # The per-iteration curves use the valid part sampled like the train part (weighted), so their cost stays
+        # proportional to the training data; evaluate scores every valid row.
+        dvalid = matrix("valid", True, ref=dtrain)
         progress = Progress("train (boosting rounds)", n_rounds, every=10.0)
         with atomic_dir(live_dir) as live_tmp, atomic_dir(model_dir) as model_tmp:
             live = Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None)
@@ -174,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--split", type=Path, default=SPLIT_DIR, help="split output (train and valid rows)")
-    parser.add_argument("--features", type=Path, default=FEATURES_DIR, help="featurize output of the train data")
+    parser.add_argument(
+        "--features", type=Path, default=FEATURES_DIR, help="featurize output of the train data"
+    )
     parser.add_argument("--models", type=Path, default=MODEL_DIR, help="where the JSON artifacts go")
     parser.add_argument("--live", type=Path, default=LIVE_DIR, help="dvclive directory for training curves")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -183,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         result = train_model(load_params(args.params), args.split, args.features, args.models, args.live)
-        log.info("trained on %d rows x %d features, %d rounds", result["rows"], result["features"], result["rounds"])
+        log.info(
+            "trained on %d rows x %d features, %d rounds",
+            result["rows"],
+            result["features"],
+            result["rounds"],
+        )
 
     return run_main(body)
 

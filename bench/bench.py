@@ -1,0 +1,512 @@
+"""Featurize and train at BELKA scale: throughput against the naive way and the RDKit ceiling, peak memory of the
+whole process tree, the cost of appending rows, and train's memory. A script that prints figures; it asserts
+nothing.
+
+    python bench/bench.py --sizes 1M,4M,16M            # writes bench/RESULTS.md
+    python bench/bench.py --sizes 3000,9000 --train-sizes 9000 --trees 5 --results /tmp/r.md   # a smoke run
+
+Every stage runs as its own ``python -m stages.<name>`` process; a thread sums the RSS of that process and all its
+children (the featurize pool) every 0.2 s, and the peak of the sum is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+BELKA_ROWS = 295_246_830
+BELKA_MOLECULES = 98_415_610
+GB = 1e9
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def human(n: float) -> str:
+    n = float(f"{n:.2g}")  # 999,999 rows (333,333 molecules) reads as 1M
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:g}{unit}"
+    return f"{n:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+class TreeRss:
+    """Peak of the summed RSS of a process and all its descendants, sampled every ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.pid, self.every, self.peak = pid, every, 0
+        self.cpu: dict[int, float] = {}  # last CPU seconds seen per process of the tree
+        self.load: list[float] = []  # the machine's 1-minute load average: other jobs show here
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self.stop.is_set():
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied), proc.oneshot():
+                    total += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = times.user + times.system
+            self.peak = max(self.peak, total)
+            self.load.append(os.getloadavg()[0])
+            self.stop.wait(self.every)
+
+    def __enter__(self) -> TreeRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def run_measured(args: list[str], log_path: Path) -> dict:
+    """Run a command; return wall seconds and the peak RSS of its process tree. Fails loudly on a non-zero exit."""
+    env = {**os.environ, "BELKA_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with TreeRss(proc.pid) as rss:
+            code = proc.wait()
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({code}); see {log_path}:\n{log_path.read_text()[-3000:]}")
+    load = sum(rss.load) / len(rss.load) if rss.load else os.getloadavg()[0]
+    return {"seconds": seconds, "peak_rss": rss.peak, "cpu_seconds": sum(rss.cpu.values()), "load": load}
+
+
+def helper(args: list[str], log_path: Path) -> dict:
+    """Run one of this script's measuring subcommands in its own process; it prints one JSON line last."""
+    measured = run_measured([sys.executable, __file__, *args], log_path)
+    result = json.loads(log_path.read_text().strip().splitlines()[-1])
+    return {**measured, **result}
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def naive(source: str, rows: int, params_file: str) -> dict:
+    """The naive way: polars ``map_elements`` calling RDKit on every row, one process."""
+    import numpy as np
+    import polars as pl
+    from rdkit import Chem
+    from rdkit.Chem import Descriptors, rdFingerprintGenerator, rdMolDescriptors
+
+    from stages.params import load_params
+
+    fp = load_params(params_file).featurize.fingerprint
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=fp.radius, fpSize=fp.n_bits)
+    frame = pl.scan_parquet(source).head(rows).collect()
+
+    def featurize(smiles: str) -> dict:
+        mol = Chem.MolFromSmiles(smiles.replace("[Dy]", ""))
+        if mol is None:
+            return {"mw": None, "hbd": None, "hba": None, "fp": None}
+        return {
+            "mw": Descriptors.MolWt(mol),
+            "hbd": rdMolDescriptors.CalcNumHBD(mol),
+            "hba": rdMolDescriptors.CalcNumHBA(mol),
+            "fp": np.packbits(generator.GetFingerprintAsNumPy(mol)).tobytes(),
+        }
+
+    dtype = pl.Struct({"mw": pl.Float64, "hbd": pl.Int64, "hba": pl.Int64, "fp": pl.Binary})
+    start, cpu = time.perf_counter(), time.process_time()
+    out = frame.with_columns(pl.col("molecule_smiles").map_elements(featurize, return_dtype=dtype).alias("f"))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "rows": len(out),
+        "compute_seconds": seconds,
+        "compute_cpu": cpu,
+        "rows_per_s": len(out) / seconds,
+    }
+
+
+def ceiling(source: str, molecules: int, params_file: str) -> dict:
+    """RDKit's ceiling on one core: featurize_smiles on unique cleaned SMILES in a plain loop."""
+    import polars as pl
+
+    from stages import chem
+    from stages.featurize import feature_config
+    from stages.params import load_params
+
+    params = load_params(params_file)
+    scan = pl.scan_parquet(source).select("molecule_smiles")
+    smiles = scan.head(4 * molecules).unique(maintain_order=True).head(molecules).collect()["molecule_smiles"]
+    cleaned = [s.replace("[Dy]", "") for s in smiles.to_list()]
+    config = feature_config(params)
+    chem.featurize_smiles(cleaned[:50], config)  # warm up RDKit's lazy initialisation
+    start, cpu = time.perf_counter(), time.process_time()
+    chem.featurize_smiles(cleaned, config)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "molecules": len(cleaned),
+        "compute_seconds": seconds,
+        "compute_cpu": cpu,
+        "molecules_per_s": len(cleaned) / seconds,
+        "molecules_per_cpu_s": len(cleaned) / cpu,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def write_params(path: Path, args: argparse.Namespace, trees: int) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = copy.deepcopy(params)
+    params["resources"]["workers"] = args.workers
+    if args.batch_rows:
+        params["featurize"]["batch_rows"] = args.batch_rows
+    params["train"]["negative_sample_rate"] = args.negative_sample_rate
+    params["xgb"]["n_estimators"] = trees
+    params["xgb"]["n_jobs"] = 0
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def trees_for(size: int, args: argparse.Namespace) -> int:
+    return args.trees if size <= args.sizes[0] else args.trees_large
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in ("_naive", "_ceiling"):
+        func = naive if argv[0] == "_naive" else ceiling
+        print(json.dumps(func(argv[1], int(argv[2]), argv[3])))
+        return 0
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1M,4M,16M", help="input sizes in rows, e.g. 1M,4M,16M")
+    parser.add_argument("--train-sizes", help="sizes to train on (default: all)")
+    parser.add_argument("--append-sizes", help="sizes to append 10%% to and refeaturize (default: all)")
+    parser.add_argument("--append-fraction", type=float, default=0.1)
+    parser.add_argument("--naive-rows", type=parse_size, default=30_000, help="rows the naive way parses")
+    parser.add_argument("--ceiling-molecules", type=parse_size, default=20_000)
+    parser.add_argument("--workers", type=int, default=0, help="resources.workers (0 = every core)")
+    parser.add_argument(
+        "--batch-rows", type=parse_size, default=0, help="featurize.batch_rows (default: params)"
+    )
+    parser.add_argument("--trees", type=int, default=50, help="xgb.n_estimators at the smallest size")
+    parser.add_argument("--trees-large", type=int, default=20, help="xgb.n_estimators at the larger sizes")
+    parser.add_argument("--negative-sample-rate", type=float, default=0.05)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / ".work")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    args.sizes = sorted(parse_size(s) for s in args.sizes.split(","))
+    train_sizes = [parse_size(s) for s in args.train_sizes.split(",")] if args.train_sizes else args.sizes
+    append_sizes = [parse_size(s) for s in args.append_sizes.split(",")] if args.append_sizes else args.sizes
+
+    from bench.belka_gen import write_belka
+    from stages.params import available_cores
+
+    cores = args.workers or available_cores()
+    work = args.workdir
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    logs = work / "logs"
+    logs.mkdir()
+    py = sys.executable
+    runs: dict[int, dict] = {}
+    print(f"bench: {cores} cores, sizes {[human(s) for s in args.sizes]}, work dir {work}", flush=True)
+
+    base_params = write_params(work / "params.yaml", args, args.trees)
+    n_bits = yaml.safe_load(base_params.read_text())["featurize"]["fingerprint"]["n_bits"]
+    batch_rows = yaml.safe_load(base_params.read_text())["featurize"]["batch_rows"]
+
+    for size in args.sizes:
+        tag = human(size)
+        data = work / f"input-{tag}.parquet"
+        start = time.perf_counter()
+        counts = write_belka(data, size)
+        run = {
+            "rows": counts["rows"],
+            "molecules": counts["molecules"],
+            "generate_s": time.perf_counter() - start,
+        }
+        print(f"[{tag}] generated {counts['rows']:,} rows in {run['generate_s']:.1f}s", flush=True)
+
+        if size == args.sizes[0]:
+            first = data
+            n = helper(["_naive", str(data), str(args.naive_rows), str(base_params)], logs / "naive.log")
+            c = helper(
+                ["_ceiling", str(data), str(args.ceiling_molecules), str(base_params)], logs / "ceiling.log"
+            )
+            naive_result, ceiling_result = n, c
+            print(f"naive: {n['rows_per_s']:,.0f} rows/s on {n['rows']:,} rows", flush=True)
+            print(f"ceiling: {c['molecules_per_s']:,.0f} molecules/s on one core", flush=True)
+
+        cache = work / f"cache-{tag}"
+        out = work / f"features-{tag}"
+        cmd = [py, "-m", "stages.featurize", "--params", str(base_params), "--cache", str(cache)]
+        feat = run_measured([*cmd, "--input", str(data), "--output", str(out)], logs / f"featurize-{tag}.log")
+        run["featurize"] = feat
+        print(
+            f"[{tag}] featurize {feat['seconds']:.1f}s, peak RSS {feat['peak_rss'] / GB:.2f} GB", flush=True
+        )
+
+        if size in append_sizes:
+            bigger = work / f"input-{tag}-appended.parquet"
+            more = write_belka(bigger, int(size * (1 + args.append_fraction)))
+            app = run_measured(
+                [*cmd, "--input", str(bigger), "--output", str(work / f"features-{tag}-appended")],
+                logs / f"append-{tag}.log",
+            )
+            app["rows"] = more["rows"]
+            app["log"] = (logs / f"append-{tag}.log").read_text().strip().splitlines()[-1]
+            run["append"] = app
+            print(
+                f"[{tag}] +{args.append_fraction:.0%} appended: {app['seconds']:.1f}s; {app['log']}",
+                flush=True,
+            )
+            bigger.unlink()
+            shutil.rmtree(work / f"features-{tag}-appended")
+
+        if size in train_sizes:
+            trees = trees_for(size, args)
+            params = write_params(work / f"params-{tag}.yaml", args, trees)
+            split = work / f"split-{tag}"
+            subprocess.run(
+                [
+                    py,
+                    "-m",
+                    "stages.split",
+                    "--params",
+                    str(params),
+                    "--features",
+                    str(out),
+                    "--output",
+                    str(split),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            train = run_measured(
+                [
+                    py,
+                    "-m",
+                    "stages.train",
+                    "--params",
+                    str(params),
+                    "--split",
+                    str(split),
+                    "--features",
+                    str(out),
+                    "--models",
+                    str(work / f"models-{tag}"),
+                    "--live",
+                    str(work / f"live-{tag}"),
+                ],
+                logs / f"train-{tag}.log",
+            )
+            train["trees"] = trees
+            manifest = json.loads((work / f"models-{tag}" / "manifest.json").read_text())
+            train["train_rows"] = sum(manifest.get("train_rows", {}).values())
+            run["train"] = train
+            print(
+                f"[{tag}] train {train['seconds']:.1f}s, peak RSS {train['peak_rss'] / GB:.2f} GB", flush=True
+            )
+            shutil.rmtree(split)
+
+        runs[size] = run
+        if size != args.sizes[0]:
+            data.unlink()
+        shutil.rmtree(out)
+        shutil.rmtree(cache)
+    first.unlink()
+
+    text = report(args, cores, runs, naive_result, ceiling_result, n_bits, batch_rows)
+    print(text)
+    args.results.write_text(text)
+    if not args.keep:
+        shutil.rmtree(work)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits: int, batch_rows: int) -> str:
+    sizes = sorted(runs)
+    small, large = runs[sizes[0]], runs[sizes[-1]]
+    rows_per_molecule = small["rows"] / small["molecules"]
+    ceiling_rows = ceiling_r["molecules_per_s"] * rows_per_molecule * cores
+    ceiling_cpu_rows = ceiling_r["molecules_per_cpu_s"] * rows_per_molecule
+    lines = [
+        "# Benchmark: featurize and train at BELKA scale",
+        "",
+        f"Written by `python bench/bench.py --sizes {','.join(human(s) for s in sizes)}` on {cores} cores "
+        f"({psutil.virtual_memory().total / GB:.0f} GB RAM), {time.strftime('%Y-%m-%d')}. Inputs from "
+        f"`bench/belka_gen.py`: BELKA's format, {rows_per_molecule:.0f} adjacent rows (BRD4, HSA, sEH) per "
+        f"molecule; featurize.batch_rows={batch_rows:,}, Morgan {n_bits} bits, a fresh feature cache per size. "
+        "Peak RSS is the sum over the process tree (the stage and its pool workers) sampled every 0.2 s.",
+        "",
+        "## Baselines (on the smallest input)",
+        "",
+        f"- naive: polars `map_elements` calling RDKit per row, one process, every row parsed: "
+        f"**{naive_r['rows_per_s']:,.0f} rows/s** (timed on the first {naive_r['rows']:,} rows; "
+        f"{naive_r['rows'] / naive_r['compute_cpu']:,.0f} rows per CPU second).",
+        f"- RDKit ceiling: `chem.featurize_smiles` on {ceiling_r['molecules']:,} unique cleaned SMILES in a plain "
+        f"loop: {ceiling_r['molecules_per_s']:,.0f} molecules/s on one core; x {cores} cores x "
+        f"{rows_per_molecule:.0f} rows a molecule = **{ceiling_rows:,.0f} rows/s** "
+        f"({ceiling_r['molecules_per_cpu_s']:,.0f} molecules per CPU second).",
+        "",
+        "## Featurize",
+        "",
+        "`vs ceiling` compares wall-clock rows/s with the ceiling's; `per CPU-s vs ceiling` compares rows per CPU "
+        "second of the whole process tree with the ceiling's rows per CPU second of one core, which other jobs "
+        "on the machine do not distort (`load`: the machine's mean 1-minute load average during the run; "
+        f"{cores} means the cores were exactly busy).",
+        "",
+        "| rows | molecules | seconds | rows/s | vs ceiling | vs naive | CPU s (tree) | per CPU-s vs ceiling "
+        "| load | peak RSS (tree) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in sizes:
+        r = runs[size]
+        f = r["featurize"]
+        rate = r["rows"] / f["seconds"]
+        cpu_ratio = r["rows"] / f["cpu_seconds"] / ceiling_cpu_rows
+        lines.append(
+            f"| {r['rows']:,} | {r['molecules']:,} | {f['seconds']:.1f} | {rate:,.0f} | {rate / ceiling_rows:.2f} "
+            f"| {rate / naive_r['rows_per_s']:.1f}x | {f['cpu_seconds']:.0f} | {cpu_ratio:.2f} | {f['load']:.1f} "
+            f"| {f['peak_rss'] / GB:.2f} GB |"
+        )
+    appended = [s for s in sizes if "append" in runs[s]]
+    if appended:
+        lines += [
+            "",
+            f"## Appending {args.append_fraction:.0%} new rows (feature cache of the full run present, fresh output)",
+            "",
+            "| rows before | rows after | seconds | vs full run | peak RSS | featurize's log |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
+        for size in appended:
+            r = runs[size]
+            a = r["append"]
+            cost = a["seconds"] / r["featurize"]["seconds"]
+            log_tail = a["log"].split(": ", 1)[-1]
+            lines.append(
+                f"| {r['rows']:,} | {a['rows']:,} | {a['seconds']:.1f} | {cost:.2f} "
+                f"| {a['peak_rss'] / GB:.2f} GB | {log_tail} |"
+            )
+    trained = [s for s in sizes if "train" in runs[s]]
+    if trained:
+        lines += [
+            "",
+            f"## Train (train.negative_sample_rate={args.negative_sample_rate}, split.valid_fraction from params, "
+            "QuantileDMatrix in memory)",
+            "",
+            "| input rows | sampled train rows | trees | seconds | CPU s | load | peak RSS (tree) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for size in trained:
+            r = runs[size]
+            t = r["train"]
+            lines.append(
+                f"| {r['rows']:,} | {t['train_rows']:,} | {t['trees']} | {t['seconds']:.1f} | {t['cpu_seconds']:.0f} "
+                f"| {t['load']:.1f} | {t['peak_rss'] / GB:.2f} GB |"
+            )
+
+    large_rate = large["rows"] / large["featurize"]["seconds"]
+    rss_ratio = large["featurize"]["peak_rss"] / small["featurize"]["peak_rss"]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+
+    def target(name: str, measured: str, met: bool) -> None:
+        lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+
+    ratio = large_rate / ceiling_rows
+    target(f"featurize rows/s >= 0.8 x ceiling ({human(large['rows'])} rows)", f"{ratio:.2f}", ratio >= 0.8)
+    cpu_ratio = large["rows"] / large["featurize"]["cpu_seconds"] / ceiling_cpu_rows
+    target("... the same per CPU second (contention-free)", f"{cpu_ratio:.2f}", cpu_ratio >= 0.8)
+    speedup = large_rate / naive_r["rows_per_s"]
+    target("featurize vs naive (about 5x on 2 cores)", f"{speedup:.1f}x", speedup >= 2.5 * cores * 0.8)
+    if len(sizes) > 1:
+        target(
+            f"peak RSS at {human(large['rows'])} <= 1.5 x at {human(small['rows'])}",
+            f"{rss_ratio:.2f} ({large['featurize']['peak_rss'] / GB:.2f} / "
+            f"{small['featurize']['peak_rss'] / GB:.2f} GB)",
+            rss_ratio <= 1.5,
+        )
+    peak = large["featurize"]["peak_rss"]
+    target(f"peak RSS at {human(large['rows'])} < 4 GB", f"{peak / GB:.2f} GB", peak < 4 * GB)
+    for size in appended:
+        cost = runs[size]["append"]["seconds"] / runs[size]["featurize"]["seconds"]
+        target(
+            f"append {args.append_fraction:.0%} to {human(size)} <= 0.2 x full run",
+            f"{cost:.2f}",
+            cost <= 0.2,
+        )
+    if len(trained) > 1:
+        t0, t1 = runs[trained[0]], runs[trained[-1]]
+        rss_growth = t1["train"]["peak_rss"] / t0["train"]["peak_rss"]
+        input_growth = t1["rows"] / t0["rows"]
+        target(
+            "train peak RSS grows slower than its input",
+            f"RSS x{rss_growth:.2f} for input x{input_growth:.1f}",
+            rss_growth < input_growth,
+        )
+
+    per_core = large_rate / cores
+    fp_bytes = n_bits // 8
+    sampled = (0.0054 + args.negative_sample_rate) * BELKA_ROWS * 0.7
+    growth = (peak - small["featurize"]["peak_rss"]) / max(large["molecules"] - small["molecules"], 1)
+    lines += [
+        "",
+        f"## Projection to BELKA's {BELKA_ROWS:,} rows ({BELKA_MOLECULES:,} molecules)",
+        "",
+        f"- featurize at {large_rate:,.0f} rows/s ({per_core:,.0f} rows/s a core): "
+        f"{BELKA_ROWS / large_rate / 3600:.1f} h on these {cores} cores, "
+        f"{BELKA_ROWS / per_core / 32 / 3600:.1f} h on 32 cores, {BELKA_ROWS / per_core / 64 / 3600:.1f} h on 64.",
+        f"- featurize memory: a batch of {batch_rows:,} rows and the pool are fixed; what grows is the set of "
+        f"molecules seen (8 B each: {BELKA_MOLECULES * 8 / GB:.1f} GB) and the feature-cache index (12 B each: "
+        f"{BELKA_MOLECULES * 12 / GB:.1f} GB, only when the cache holds them). Measured growth of peak RSS: "
+        f"{growth:.0f} B per extra molecule.",
+        f"- features on disk: {BELKA_MOLECULES / 1e6:.0f}M molecules x {n_bits} bits packed = {fp_bytes} B each "
+        f"= {BELKA_MOLECULES * fp_bytes / GB:.0f} GB (at 2048 bits: 256 B each = "
+        f"{BELKA_MOLECULES * 256 / GB:.0f} GB), against {BELKA_ROWS * 2048 / GB:.0f} GB for one byte per bit per "
+        f"row at 2048 bits ({BELKA_ROWS * n_bits / GB:.0f} GB at {n_bits}).",
+        "- train: XGBoost's quantised matrix holds about 1 byte per feature value of the (sampled) train rows: "
+        f"at negative_sample_rate={args.negative_sample_rate}, about {sampled / 1e6:.0f}M rows x "
+        f"{n_bits + 6} features = {sampled * (n_bits + 6) / GB:.0f} GB in memory; train.data_mode=external pages "
+        "it to disk instead.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""The S3 remote (`storage` in .dvc/config) against a real S3 endpoint on loopback (moto's server).
+
+The endpoint is never in a committed file: these tests set it through `dvc remote modify --local` (written to the
+git-ignored .dvc/config.local) or through AWS_ENDPOINT_URL, which botocore (and so dvc-s3) reads from the
+environment. An `endpointurl` in the config wins over AWS_ENDPOINT_URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from tests.conftest import Repo, project_env, ran_stages, run
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "belka-dvc"
+ACCESS_KEY = "AKIABELKATESTKEY0001"
+SECRET_KEY = "belka-FAKE-secret-9f8e7d6c5b4a"  # recognisable, so a leak is easy to spot
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free loopback port with the remote's bucket, and fake credentials in the env."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            mp.delenv(name, raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        try:
+            yield endpoint
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def pushed(reproduced_repo: Repo, s3_endpoint: str) -> dict[str, str]:
+    """Push the reproduced repository's outputs and run cache; returns the outputs pushed (the command output).
+
+    The endpoint comes from the environment here so that the shared `reproduced_repo` gets no config.local.
+    """
+    result = run_with_endpoint(reproduced_repo, s3_endpoint, "push", "--run-cache")
+    assert "pushed" in result.stdout, result.stdout
+    return {"stdout": result.stdout, "stderr": result.stderr}
+
+
+def run_with_endpoint(
+    repo: Repo, endpoint: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`dvc ARGS` with the endpoint from AWS_ENDPOINT_URL (botocore reads it; dvc-s3 passes no endpoint then)."""
+    env = project_env()
+    env["AWS_ENDPOINT_URL"] = endpoint
+    return run([sys.executable, "-m", "dvc", *args], repo.path, check=check, env=env)
+
+
+def clone(source: Repo, target: Path, endpoint: str | None = None, rev: str | None = None) -> Repo:
+    run(["git", "clone", "-q", str(source.path), str(target)], target.parent)
+    repo = Repo(target)
+    if rev:
+        repo.git("reset", "-q", "--hard", rev)
+    if endpoint:
+        repo.dvc("remote", "modify", "--local", "storage", "endpointurl", endpoint)
+    return repo
+
+
+def file_hashes(root: Path, *folders: str) -> dict[str, str]:
+    hashes = {}
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and path.name != ".gitignore":
+                hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def workspace_snapshot(root: Path) -> dict[str, str]:
+    """Every file outside .git and dvc's own scratch space, with its hash."""
+    skip = (".git/", ".dvc/tmp/", ".dvc/cache/")
+    return {
+        name: digest
+        for name, digest in file_hashes(root, ".").items()
+        if not name.startswith(skip) and name != ".dvc/config.local"
+    }
+
+
+def test_remote_is_configured_without_endpoint_or_credentials():
+    config = (Path(__file__).resolve().parents[2] / ".dvc" / "config").read_text()
+    assert "remote = storage" in config
+    assert "url = s3://belka-dvc/cache" in config
+    for secret_word in ("endpointurl", "access_key", "secret", "credentialpath", "profile"):
+        assert secret_word not in config, f"{secret_word} belongs in .dvc/config.local or the environment"
+
+
+def test_clone_and_pull_gives_identical_outputs(reproduced_repo, pushed, s3_endpoint, tmp_path):
+    fresh = clone(reproduced_repo, tmp_path / "clone", s3_endpoint)
+    assert not (fresh.path / "models" / "model.json").exists()
+
+    fresh.dvc("pull")
+
+    folders = ("data", "models", "metrics")
+    assert file_hashes(fresh.path, *folders) == file_hashes(reproduced_repo.path, *folders)
+    assert "models/model.json" in file_hashes(fresh.path, "models")
+    assert "up to date" in fresh.dvc("status").stdout
+    assert "in sync" in fresh.dvc("status", "--cloud").stdout
+
+
+def stages_with_uncached_outputs(repo: Repo) -> set[str]:
+    """Stages with a `cache: false` output (metrics, plots): dvc's run cache never restores those."""
+    stages = set()
+    for name, stage in yaml.safe_load((repo.path / "dvc.yaml").read_text())["stages"].items():
+        outs = [out for kind in ("outs", "metrics", "plots") for out in stage.get("do", stage).get(kind, [])]
+        if any(isinstance(out, dict) and any(o.get("cache") is False for o in out.values()) for out in outs):
+            stages.add(name)
+    return stages
+
+
+def test_repro_pull_with_dvc_lock_restores_every_stage(reproduced_repo, pushed, s3_endpoint, tmp_path):
+    fresh = clone(reproduced_repo, tmp_path / "clone", s3_endpoint)
+
+    result = fresh.dvc("repro", "--pull")
+
+    assert ran_stages(result.stdout) == [], result.stdout
+    folders = ("data", "models", "metrics")
+    assert file_hashes(fresh.path, *folders) == file_hashes(reproduced_repo.path, *folders)
+    assert "up to date" in fresh.dvc("status").stdout
+
+
+def test_repro_pull_without_dvc_lock_uses_remote_run_cache(reproduced_repo, pushed, s3_endpoint, tmp_path):
+    """HEAD~1 has no dvc.lock: only the run cache pushed with `dvc push --run-cache` can tell dvc that these exact
+    deps, params and commands ran before. Stages with `cache: false` outputs (train, evaluate: their metrics and
+    plots live in git) are outside the run cache and rerun; the others are restored, not recomputed."""
+    fresh = clone(reproduced_repo, tmp_path / "clone", s3_endpoint, rev="HEAD~1")
+    assert not (fresh.path / "dvc.lock").exists()
+
+    result = fresh.dvc("repro", "--pull")
+
+    expected_to_run = stages_with_uncached_outputs(fresh)
+    assert set(ran_stages(result.stdout)) == expected_to_run, result.stdout
+    restored = re.findall(r"Stage '([^']+)' is cached - skipping run", result.stdout)
+    assert "generate" in restored and "predict" in restored, result.stdout
+    assert file_hashes(fresh.path, "data", "models") == file_hashes(reproduced_repo.path, "data", "models")
+    assert "up to date" in fresh.dvc("status").stdout
+
+
+def test_unreachable_endpoint_fails_clearly_and_changes_nothing(
+    reproduced_repo, s3_endpoint, tmp_path, monkeypatch
+):
+    # botocore's default retries with backoff take minutes over all the files; one attempt fails the same way
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    closed = f"http://127.0.0.1:{free_port()}"  # bound then released: nothing listens there
+
+    fresh = clone(reproduced_repo, tmp_path / "clone", closed)
+    before = workspace_snapshot(fresh.path)
+    pulled = fresh.dvc("pull", check=False)
+    assert pulled.returncode != 0
+    assert "Could not connect to the endpoint URL" in pulled.stderr, pulled.stderr
+    assert closed in pulled.stderr
+    assert workspace_snapshot(fresh.path) == before
+
+    before = workspace_snapshot(reproduced_repo.path)
+    pushed = run_with_endpoint(reproduced_repo, closed, "push", check=False)
+    assert pushed.returncode != 0
+    assert "Could not connect to the endpoint URL" in pushed.stderr, pushed.stderr
+    assert closed in pushed.stderr
+    assert workspace_snapshot(reproduced_repo.path) == before
+
+
+def test_credentials_never_written_or_printed(reproduced_repo, pushed, s3_endpoint, tmp_path, monkeypatch):
+    fresh = clone(reproduced_repo, tmp_path / "clone", s3_endpoint)
+    outputs = [pushed["stdout"], pushed["stderr"]]
+    for args in (
+        ("pull", "-v"),
+        ("status", "--cloud", "-v"),
+        ("push", "-v"),
+        ("remote", "list"),
+        ("config", "--list"),
+        ("config", "--list", "--show-origin"),
+        ("doctor",),
+    ):
+        result = fresh.dvc(*args)
+        outputs += [result.stdout, result.stderr]
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    failed = run_with_endpoint(fresh, "http://127.0.0.1:1", "status", "--cloud", "-v", check=False)
+    outputs += [failed.stdout, failed.stderr]
+
+    files = [".dvc/config", ".dvc/config.local", "dvc.lock", "dvc.yaml", "params.yaml"]
+    texts = outputs + [(fresh.path / name).read_text() for name in files]
+    texts += [(reproduced_repo.path / name).read_text() for name in (".dvc/config", "dvc.lock")]
+    assert any(s3_endpoint in text for text in texts)  # the checks below look at real output
+    for text in texts:
+        assert SECRET_KEY not in text
+        assert ACCESS_KEY not in text

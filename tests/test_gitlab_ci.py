@@ -1,0 +1,229 @@
+""".gitlab-ci.yml: GitLab's schema (check-jsonschema's vendored copy, offline), its structure, and, where
+gitlab-ci-local is installed, its rules and the check_code jobs run for real with the shell executor."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CI_FILE = ROOT / ".gitlab-ci.yml"
+PIPELINE_PATHS = {"stages/**/*", "dvc.yaml", "dvc.lock", "params.yaml", "pyproject.toml", "data/*.dvc"}
+
+
+@pytest.fixture(scope="module")
+def ci() -> dict:
+    return yaml.safe_load(CI_FILE.read_text())
+
+
+def scripts(job: dict) -> str:
+    return "\n".join(job.get("before_script", []) + job.get("script", []))
+
+
+def merged(ci: dict, name: str) -> dict:
+    """A job with its `extends` applied (one level of hash merge, enough for this file)."""
+    job = dict(ci[name])
+    for parent in reversed(
+        [job.pop("extends")] if isinstance(job.get("extends"), str) else job.pop("extends", [])
+    ):
+        base = merged(ci, parent)
+        for key, value in job.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = base[key] | value
+            else:
+                base[key] = value
+        job = base
+    return job
+
+
+def test_validates_against_gitlab_schema():
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.gitlab-ci", str(CI_FILE)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_catches_mistakes(tmp_path):
+    bad = tmp_path / ".gitlab-ci.yml"
+    bad.write_text("job:\n  script: [x]\n  interruptable: true\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.gitlab-ci", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "interruptable" in result.stdout
+
+
+def test_check_code_runs_ruff_check_and_format_in_parallel(ci):
+    job = merged(ci, "check_code")
+    commands = {c for entry in job["parallel"]["matrix"] for c in entry["RUFF_COMMAND"]}
+    assert commands == {"check", "format --diff"}
+    assert "ruff $RUFF_COMMAND" in job["script"]
+    assert job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "push"'}]
+
+
+def test_test_job_runs_readme_command_with_pip_cache(ci):
+    job = merged(ci, "test")
+    assert "python -m pip install -q -e '.[dev]'" in job["script"]
+    assert job["script"][-1] == "python -m pytest"
+    sources = {rule["if"] for rule in job["rules"]}
+    assert sources == {'$CI_PIPELINE_SOURCE == "push"', '$CI_PIPELINE_SOURCE == "merge_request_event"'}
+    assert job["cache"]["key"]["files"] == ["pyproject.toml"]
+    assert ci["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/pip"
+    assert ".cache/pip" in job["cache"]["paths"]
+
+
+def test_reproduce_job(ci):
+    job = merged(ci, "reproduce")
+    assert job["tags"] == ["$RUNNER_TAG"]
+    assert ci["variables"]["RUNNER_TAG"] == "desktop-gpu-runner"
+    assert job["variables"]["GIT_DEPTH"] == 0
+    assert job["resource_group"]
+    assert job["interruptible"] is True
+    assert job["image"] == "$RUNNER_IMAGE"
+    script = scripts(job)
+    assert script.index("dvc repro --pull --allow-missing") < script.index("dvc push --run-cache")
+    assert "git diff --exit-code -- dvc.lock" in script  # the default branch fails when dvc.lock differs
+    rules = job["rules"]
+    assert {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"} in rules
+    mr_rule = next(rule for rule in rules if rule.get("if") == '$CI_PIPELINE_SOURCE == "merge_request_event"')
+    assert set(mr_rule["changes"]) == PIPELINE_PATHS
+    assert rules[-1]["when"] == "manual"
+
+
+def test_report_job(ci):
+    job = merged(ci, "report")
+    assert job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert job["variables"]["GIT_DEPTH"] == 0
+    script = scripts(job)
+    assert "git fetch" in script and "$CI_MERGE_REQUEST_TARGET_BRANCH_NAME" in script
+    for command in (
+        "dvc metrics diff --md",
+        "dvc params diff --md",
+        "dvc plots diff",
+        "python ci/mr_report.py",
+    ):
+        assert command in script
+    assert any(path.startswith("dvc-report") for path in job["artifacts"]["paths"])
+    assert "$CI_JOB_ID/artifacts/file/$REPORT_DIR/plots/index.html" in script
+
+
+def test_image_jobs(ci):
+    build = merged(ci, "build_image")
+    assert set(build["rules"][-1]["changes"]) == {"pyproject.toml", "Dockerfile"}
+    assert "$CI_REGISTRY_IMAGE" in scripts(build)
+    for name in ("reproduce", "report", "score", "upgrade_check"):
+        assert merged(ci, name)["image"] == "$RUNNER_IMAGE"
+    assert ci["variables"]["RUNNER_IMAGE"].startswith("$CI_REGISTRY_IMAGE/")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("FROM python:3.11-slim") or "\nFROM python:3.11-slim" in dockerfile
+    assert "git" in dockerfile and "pyproject.toml" in dockerfile
+
+
+def test_scheduled_variants(ci):
+    score = merged(ci, "score")
+    assert score["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule" && $PIPELINE_MODE == "score"'}]
+    assert "dvc repro --pull --allow-missing predict" in scripts(score)
+    upgrade = merged(ci, "upgrade_check")
+    assert upgrade["rules"][0]["if"] == '$CI_PIPELINE_SOURCE == "schedule" && $PIPELINE_MODE == "upgrade"'
+    assert {"changes": ["pyproject.toml"]} in upgrade["rules"]
+    assert "dvc repro --force" in scripts(upgrade)
+    assert "dvc push" not in scripts(upgrade)
+
+
+def test_no_credentials_in_ci_file():
+    text = CI_FILE.read_text()
+    for word in ("glpat-", "AKIA", "aws_secret_access_key =", "password:"):
+        assert word not in text
+
+
+# gitlab-ci-local: optional (npm package; needs rsync). `.ci/run` installs it where CI has npm.
+
+GITLAB_CI_LOCAL = os.environ.get("GITLAB_CI_LOCAL") or shutil.which("gitlab-ci-local")
+needs_gcl = pytest.mark.skipif(
+    not GITLAB_CI_LOCAL or not shutil.which("rsync"), reason="gitlab-ci-local (npm) or rsync not installed"
+)
+
+
+def gcl_project(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir()
+    shutil.copy2(CI_FILE, path / ".gitlab-ci.yml")
+    shutil.copy2(ROOT / "pyproject.toml", path / "pyproject.toml")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    env = gcl_env()
+    for args in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "x"],
+        # gitlab-ci-local reads the project from origin and diffs against origin/main for rules:changes
+        ["git", "remote", "add", "origin", "https://gitlab.invalid/belka/belka-dvc.git"],
+        ["git", "update-ref", "refs/remotes/origin/main", "HEAD"],
+        ["git", "symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main"],
+    ):
+        subprocess.run(args, cwd=path, env=env, check=True, capture_output=True)
+    return path
+
+
+def gcl_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's ruff and pip
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.invalid", PIP_NO_INDEX="1",
+               GCL_IGNORE_PREDEFINED_VARS="CI_PIPELINE_SOURCE,CI_COMMIT_BRANCH")  # fmt: skip
+    return env
+
+
+def gcl(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [GITLAB_CI_LOCAL, "--no-color", *args], cwd=project, env=gcl_env(), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def listed_jobs(project: Path, *variables: str) -> dict[str, str]:
+    result = gcl(project, "--list-csv", *[f"--variable={v}" for v in variables])
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout[result.stdout.index("name;stage;when") :].splitlines()[1:]
+    return {line.split(";")[0]: line.split(";")[2] for line in lines if line.strip()}
+
+
+CLEAN = 'def greet(name: str) -> str:\n    return f"hello {name}"\n'
+
+
+@needs_gcl
+def test_gitlab_ci_local_rules(tmp_path):
+    project = gcl_project(tmp_path / "p", {"clean.py": CLEAN})
+    push = listed_jobs(project)
+    assert {"check_code: [check]", "check_code: [format --diff]", "test", "reproduce"} <= push.keys()
+    assert push["reproduce"] == "on_success"  # on the default branch
+    assert listed_jobs(project, "CI_COMMIT_BRANCH=feature")["reproduce"] == "manual"
+    mr = listed_jobs(project, "CI_PIPELINE_SOURCE=merge_request_event", "CI_MERGE_REQUEST_IID=3")
+    assert {"test", "reproduce", "report"} <= mr.keys() and "check_code: [check]" not in mr
+    assert listed_jobs(project, "CI_PIPELINE_SOURCE=schedule", "PIPELINE_MODE=score").keys() == {"score"}
+    assert listed_jobs(project, "CI_PIPELINE_SOURCE=schedule", "PIPELINE_MODE=upgrade").keys() == {
+        "upgrade_check"
+    }
+
+
+@needs_gcl
+def test_gitlab_ci_local_runs_check_code(tmp_path):
+    clean = gcl_project(tmp_path / "clean", {"clean.py": CLEAN})
+    result = gcl(clean, "--force-shell-executor", "check_code")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check_code: [check] finished" in result.stdout
+    assert "check_code: [format --diff] finished" in result.stdout
+    assert "FAIL" not in result.stdout
+
+    messy = gcl_project(tmp_path / "messy", {"clean.py": CLEAN, "messy.py": "import os\nx = {  'a':1 }\n"})
+    result = gcl(messy, "--force-shell-executor", "check_code")
+    assert result.returncode != 0
+    assert "FAIL  check_code: [check]" in result.stdout  # F401 os imported but unused
+    assert "FAIL  check_code: [format --diff]" in result.stdout
