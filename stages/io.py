@@ -228,7 +228,12 @@ def iter_raw_batches(
     pending_rows = 0
     total = 0
     try:
-        for batch in dataset.to_batches(columns=columns, batch_size=min(batch_rows, 1 << 16)):
+        # Read ahead one batch at most: the scanner's defaults (16 batches, 4 files) hold up to ~1M rows of strings
+        # in memory, which made peak memory grow with the input until that bound.
+        batches = dataset.to_batches(
+            columns=columns, batch_size=min(batch_rows, 1 << 16), batch_readahead=1, fragment_readahead=1
+        )
+        for batch in batches:
             pending.append(batch)
             pending_rows += batch.num_rows
             while pending_rows >= batch_rows:

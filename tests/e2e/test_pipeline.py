@@ -168,6 +168,7 @@ def test_real_belka_rows_plug_in_through_params_and_dvc(
     # A test file in Kaggle's test format (no binds), as parquet.
     sample = pl.read_csv(belka_sample).head(600)
     sample.drop("binds").with_columns(pl.col("id") + 10**9).write_parquet(outside / "test.parquet")
+    (cloned.path / "data/belka").mkdir(parents=True)
     cloned.dvc("import-url", str(outside / "train.csv"), "data/belka/train.csv")
     cloned.dvc("import-url", str(outside / "test.parquet"), "data/belka/test.parquet")
     cloned.set_params({"inputs": {"train": "data/belka/train.csv", "test": "data/belka/test.parquet"}})
