@@ -52,7 +52,7 @@ def start(repo: Repo, *args: str, env: dict[str, str] | None = None) -> subproce
     )  # fmt: skip
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 180.0) -> None:
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
