@@ -359,6 +359,15 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- the report
 
 
+def markdown_table(columns: list[str], rows: list[list[str]], text_columns: int = 0) -> list[str]:
+    """A markdown table: numbers right-aligned, the last ``text_columns`` columns left-aligned."""
+    numeric = len(columns) - text_columns
+    rule = ["---:"] * numeric + ["---"] * text_columns
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(rule) + "|"] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
+
+
 def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits: int, batch_rows: int) -> str:
     sizes = sorted(runs)
     small, large = runs[sizes[0]], runs[sizes[-1]]
@@ -391,38 +400,43 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
         "on the machine do not distort (`load`: the machine's mean 1-minute load average during the run; "
         f"{cores} means the cores were exactly busy).",
         "",
-        "| rows | molecules | seconds | rows/s | vs ceiling | vs naive | CPU s (tree) | per CPU-s vs ceiling "
-        "| load | peak RSS (tree) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    featurize_rows = []
     for size in sizes:
-        r = runs[size]
-        f = r["featurize"]
+        r, f = runs[size], runs[size]["featurize"]
         rate = r["rows"] / f["seconds"]
         cpu_ratio = r["rows"] / f["cpu_seconds"] / ceiling_cpu_rows
-        lines.append(
-            f"| {r['rows']:,} | {r['molecules']:,} | {f['seconds']:.1f} | {rate:,.0f} | {rate / ceiling_rows:.2f} "
-            f"| {rate / naive_r['rows_per_s']:.1f}x | {f['cpu_seconds']:.0f} | {cpu_ratio:.2f} | {f['load']:.1f} "
-            f"| {f['peak_rss'] / GB:.2f} GB |"
-        )
+        featurize_rows.append(
+            [f"{r['rows']:,}", f"{r['molecules']:,}", f"{f['seconds']:.1f}", f"{rate:,.0f}",
+             f"{rate / ceiling_rows:.2f}", f"{rate / naive_r['rows_per_s']:.1f}x", f"{f['cpu_seconds']:.0f}",
+             f"{cpu_ratio:.2f}", f"{f['load']:.1f}", f"{f['peak_rss'] / GB:.2f} GB"]
+        )  # fmt: skip
+    lines += markdown_table(
+        ["rows", "molecules", "seconds", "rows/s", "vs ceiling", "vs naive", "CPU s (tree)",
+         "per CPU-s vs ceiling", "load", "peak RSS (tree)"],
+        featurize_rows,
+    )  # fmt: skip
     appended = [s for s in sizes if "append" in runs[s]]
     if appended:
         lines += [
             "",
             f"## Appending {args.append_fraction:.0%} new rows (feature cache of the full run present, fresh output)",
             "",
-            "| rows before | rows after | seconds | vs full run | peak RSS | featurize's log |",
-            "|---:|---:|---:|---:|---:|---|",
         ]
+        append_rows = []
         for size in appended:
-            r = runs[size]
-            a = r["append"]
+            r, a = runs[size], runs[size]["append"]
             cost = a["seconds"] / r["featurize"]["seconds"]
             log_tail = a["log"].split(": ", 1)[-1]
-            lines.append(
-                f"| {r['rows']:,} | {a['rows']:,} | {a['seconds']:.1f} | {cost:.2f} "
-                f"| {a['peak_rss'] / GB:.2f} GB | {log_tail} |"
-            )
+            append_rows.append(
+                [f"{r['rows']:,}", f"{a['rows']:,}", f"{a['seconds']:.1f}", f"{cost:.2f}",
+                 f"{a['peak_rss'] / GB:.2f} GB", log_tail]
+            )  # fmt: skip
+        lines += markdown_table(
+            ["rows before", "rows after", "seconds", "vs full run", "peak RSS", "featurize's log"],
+            append_rows,
+            text_columns=1,
+        )
     trained = [s for s in sizes if "train" in runs[s]]
     if trained:
         lines += [
@@ -430,23 +444,25 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
             f"## Train (train.negative_sample_rate={args.negative_sample_rate}, split.valid_fraction from params, "
             "QuantileDMatrix in memory)",
             "",
-            "| input rows | sampled train rows | trees | seconds | CPU s | load | peak RSS (tree) |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        train_rows = []
         for size in trained:
-            r = runs[size]
-            t = r["train"]
-            lines.append(
-                f"| {r['rows']:,} | {t['train_rows']:,} | {t['trees']} | {t['seconds']:.1f} | {t['cpu_seconds']:.0f} "
-                f"| {t['load']:.1f} | {t['peak_rss'] / GB:.2f} GB |"
-            )
+            r, t = runs[size], runs[size]["train"]
+            train_rows.append(
+                [f"{r['rows']:,}", f"{t['train_rows']:,}", str(t["trees"]), f"{t['seconds']:.1f}",
+                 f"{t['cpu_seconds']:.0f}", f"{t['load']:.1f}", f"{t['peak_rss'] / GB:.2f} GB"]
+            )  # fmt: skip
+        lines += markdown_table(
+            ["input rows", "sampled train rows", "trees", "seconds", "CPU s", "load", "peak RSS (tree)"],
+            train_rows,
+        )
 
     large_rate = large["rows"] / large["featurize"]["seconds"]
     rss_ratio = large["featurize"]["peak_rss"] / small["featurize"]["peak_rss"]
-    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    targets: list[list[str]] = []
 
     def target(name: str, measured: str, met: bool) -> None:
-        lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+        targets.append([name, measured, "yes" if met else "**no**"])
 
     ratio = large_rate / ceiling_rows
     target(f"featurize rows/s >= 0.8 x ceiling ({human(large['rows'])} rows)", f"{ratio:.2f}", ratio >= 0.8)
@@ -479,6 +495,8 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
             f"RSS x{rss_growth:.2f} for input x{input_growth:.1f}",
             rss_growth < input_growth,
         )
+
+    lines += ["", "## Targets", "", *markdown_table(["target", "measured", "met"], targets, text_columns=3)]
 
     per_core = large_rate / cores
     fp_bytes = n_bits // 8
