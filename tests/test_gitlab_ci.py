@@ -4,9 +4,11 @@ gitlab-ci-local is installed, its rules and the check_code jobs run for real wit
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,7 @@ def gcl_project(path: Path, files: dict[str, str]) -> Path:
     shutil.copy2(CI_FILE, path / ".gitlab-ci.yml")
     shutil.copy2(ROOT / "pyproject.toml", path / "pyproject.toml")
     for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text(text)
     env = gcl_env()
     for args in (
@@ -179,6 +182,20 @@ def gcl_env() -> dict[str, str]:
                GIT_COMMITTER_EMAIL="t@example.invalid", PIP_NO_INDEX="1",
                GCL_IGNORE_PREDEFINED_VARS="CI_PIPELINE_SOURCE,CI_COMMIT_BRANCH")  # fmt: skip
     return env
+
+
+def layered_venv(path: Path) -> Path:
+    """A venv that sees this one's packages, pip and setuptools included (so nothing is downloaded), but installs
+    into its own site-packages: the job's `pip install -e .` must not repoint this run's `stages` elsewhere."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True)  # fmt: skip
+    parent = sysconfig.get_paths()["purelib"]
+    (Path(own.stdout.strip()) / "zz_test_parent_env.pth").write_text(
+        f"import site; site.addsitedir({parent!r})\n"
+    )
+    return path / "bin"
 
 
 def gcl(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -227,3 +244,34 @@ def test_gitlab_ci_local_runs_check_code(tmp_path):
     assert result.returncode != 0
     assert "FAIL  check_code: [check]" in result.stdout  # F401 os imported but unused
     assert "FAIL  check_code: [format --diff]" in result.stdout
+
+
+PASSING_TEST = "def test_adds():\n    assert 1 + 1 == 2\n"
+
+
+@needs_gcl
+def test_gitlab_ci_local_runs_the_test_job(tmp_path):
+    """The `test` job installs the project with its dev extra and runs the README's test command; a failing test
+    fails the job. (A stand-in project: the real suite under the job would run this test again.)"""
+    env = gcl_env()
+    env["PATH"] = f"{layered_venv(tmp_path / 'job-venv')}{os.pathsep}{env['PATH']}"
+    env["PIP_NO_BUILD_ISOLATION"] = "0"  # build with the venv's setuptools: nothing is downloaded
+    files = {"stages/__init__.py": "", "tests/test_ok.py": PASSING_TEST}
+
+    passing = gcl_project(tmp_path / "passing", files)
+    result = subprocess.run([GITLAB_CI_LOCAL, "--no-color", "--force-shell-executor", "test"], cwd=passing, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "$ python -m pip install -q -e '.[dev]'" in log and "$ python -m pytest" in log, log
+    assert re.search(r"test > =+ 1 passed", log), log
+    assert "test finished" in log and "FAIL" not in log, log
+
+    failing = gcl_project(
+        tmp_path / "failing", files | {"tests/test_bad.py": "def test_bad():\n    assert False\n"}
+    )
+    result = subprocess.run([GITLAB_CI_LOCAL, "--no-color", "--force-shell-executor", "test"], cwd=failing, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, log
+    assert "FAIL  test" in log and "1 failed, 1 passed" in log, log

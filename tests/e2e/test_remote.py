@@ -8,6 +8,7 @@ environment. An `endpointurl` in the config wins over AWS_ENDPOINT_URL.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import Repo, project_env, ran_stages, run
+from tests.test_gitlab_ci import GITLAB_CI_LOCAL, gcl_env, layered_venv, needs_gcl
 
 pytestmark = pytest.mark.slow
 
@@ -212,3 +214,51 @@ def test_credentials_never_written_or_printed(reproduced_repo, pushed, s3_endpoi
     for text in texts:
         assert SECRET_KEY not in text
         assert ACCESS_KEY not in text
+
+
+# The `reproduce` job of .gitlab-ci.yml, run by gitlab-ci-local with the shell executor against the loopback S3.
+
+
+def reproduce_job(project: Path, job_bin: Path, endpoint: str) -> subprocess.CompletedProcess:
+    env = gcl_env()
+    env["PATH"] = f"{job_bin}{os.pathsep}{env['PATH']}"
+    env.update(PIP_NO_BUILD_ISOLATION="0", AWS_ENDPOINT_URL=endpoint, BELKA_PROGRESS="0")
+    return subprocess.run(
+        [GITLAB_CI_LOCAL, "--no-color", "--force-shell-executor", "--variable=CI_COMMIT_BRANCH=main", "reproduce"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@needs_gcl
+def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endpoint, tmp_path):
+    project = clone(reproduced_repo, tmp_path / "project")
+    for args in (
+        ["remote", "set-url", "origin", "https://gitlab.invalid/belka/belka-dvc.git"],
+        ["update-ref", "refs/remotes/origin/main", "HEAD"],
+        ["symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main"],
+    ):
+        project.git(*args)
+    (project.path / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
+    job_bin = layered_venv(tmp_path / "job-venv")
+
+    # The pushed outputs and dvc.lock match: every stage is skipped, nothing is pulled but what is missing.
+    result = reproduce_job(project.path, job_bin, s3_endpoint)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "reproduce finished" in log and "FAIL" not in log, log
+    assert "Running stage" not in log
+    assert "Data and pipelines are up to date" in log
+
+    # A params change committed to the default branch without its dvc.lock: the job reruns what the change
+    # touches, pushes it, and fails because the default branch's dvc.lock is not what `dvc repro` gives.
+    project.set_params({"xgb": {"max_depth": 3}})
+    project.commit("max_depth 3, dvc.lock not updated")
+    project.git("update-ref", "refs/remotes/origin/main", "HEAD")
+    # (gitlab-ci-local 4.72 exits 0 here: it takes `allow_failure: exit_codes` for allow_failure: true; GitLab
+    # allows only the listed code, 3, so this exit 1 fails the pipeline. The job's own verdict is in its log.)
+    result = reproduce_job(project.path, job_bin, s3_endpoint)
+    log = result.stdout + result.stderr
+    assert "FAIL  reproduce" in log and "FAIL 1" in log, log
+    assert sorted(set(ran_stages(log))) == ["evaluate", "predict", "train"], log
+    assert re.search(r"\d+ files? pushed", log), log  # the new model reached the remote before the check
+    assert "dvc.lock on main is not what 'dvc repro' gives" in log, log
