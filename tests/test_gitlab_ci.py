@@ -1,5 +1,6 @@
 """.gitlab-ci.yml: GitLab's schema (check-jsonschema's vendored copy, offline), its structure, and, where
-gitlab-ci-local is installed, its rules and the check_code jobs run for real with the shell executor."""
+gitlab-ci-local is installed, its rules and the check_code and test jobs run for real with the shell executor
+(the reproduce job runs in tests/e2e/test_remote.py, next to the S3 server)."""
 
 from __future__ import annotations
 
