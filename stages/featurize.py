@@ -103,13 +103,17 @@ class KeySet:
         return found
 
     def add(self, keys: np.ndarray) -> None:
+        """Add keys that are not in the set yet (callers filter with ``contains`` first): no deduplication, so a
+        merge costs one sorted copy, not the three temporaries of ``np.union1d``."""
         if len(keys) == 0:
             return
         self.recent.append(np.sort(keys))
         self.recent_size += len(keys)
         if len(self.recent) > 16 or self.recent_size > max(1 << 20, len(self.main) // 4):
-            self.main = np.union1d(self.main, np.concatenate(self.recent))
-            self.recent, self.recent_size = [], 0
+            merged = np.concatenate([self.main, *self.recent])
+            self.main = self.recent = None  # let the old arrays go before sorting
+            merged.sort()
+            self.main, self.recent, self.recent_size = merged, [], 0
 
 
 def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

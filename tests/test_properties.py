@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stages import chem
+from stages.featurize import KeySet
 
 CONFIG = chem.FeatureConfig(fingerprint=True, radius=2, n_bits=64)
 MAX_LENGTH = 200
@@ -106,3 +107,19 @@ def test_clean_smiles_known_reasons() -> None:
     assert chem.clean_smiles("[[Dy]Dy]")[0] is None  # removing one marker must not leave another
     batch = chem.featurize_smiles(["C1CC(=O)N", "CC\x00C", ""], CONFIG)
     assert all(r and r.startswith("RDKit could not") for r in batch.reasons)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300), max_size=40))
+def test_key_set_matches_a_python_set(batches: list[list[int]]) -> None:
+    """featurize's set of molecules seen, through merges of its recent blocks, answers like a Python set."""
+    seen, reference = KeySet(), set()
+    for batch in batches:
+        keys = np.unique(np.array(batch, dtype=np.int64))
+        new = keys[~seen.contains(keys)]
+        assert set(new.tolist()) == set(keys.tolist()) - reference
+        seen.add(new)
+        reference |= set(new.tolist())
+        assert len(seen) == len(reference)
+    probe = np.array(sorted(reference | {0, 1, -1}), dtype=np.int64)
+    assert seen.contains(probe).tolist() == [k in reference for k in probe.tolist()]
