@@ -171,7 +171,12 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
                 },
             )
     progress.finish()
-    return {"rows": dtrain.num_row(), "features": dtrain.num_col(), "rounds": n_rounds}
+    return {
+        "rows": dtrain.num_row(),
+        "features": dtrain.num_col(),
+        "rounds": n_rounds,
+        "matrix": type(dtrain).__name__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         result = train_model(load_params(args.params), args.split, args.features, args.models, args.live)
         log.info(
-            "trained on %d rows x %d features, %d rounds",
+            "trained on %d rows x %d features, %d rounds (%s)",
             result["rows"],
             result["features"],
             result["rounds"],
+            result["matrix"],
         )
 
     return run_main(body)

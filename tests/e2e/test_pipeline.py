@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -156,6 +157,22 @@ def test_small_model_beats_chance_and_building_block_split_reports_unseen(cloned
     assert set(unseen) == {"BRD4/non_share", "HSA/non_share", "sEH/non_share"}
     assert all(v["rows"] > 0 for v in unseen.values())
     assert metrics["score"] > metrics["positive_rate"], metrics
+
+
+def test_external_memory_training_is_a_params_switch(cloned: Repo) -> None:
+    """train.data_mode=external pages XGBoost's quantised matrix to disk (ExtMemQuantileDMatrix): only the model
+    side reruns, the model is as good, and the pages are gone afterwards."""
+    in_memory = json.loads(cloned.read("metrics/evaluate.json"))
+    pages_before = set(Path(tempfile.gettempdir()).glob("belka-xgb-*"))
+    cloned.set_params({"train": {"data_mode": "external", "negative_sample_rate": 0.5}})
+    result = cloned.dvc("repro")
+    assert ran_stages(result.stdout) == ["train", "evaluate", "predict"]
+    assert "features, 25 rounds (ExtMemQuantileDMatrix)" in result.stderr, result.stderr
+    assert set(Path(tempfile.gettempdir()).glob("belka-xgb-*")) == pages_before  # the pages were removed
+    metrics = json.loads(cloned.read("metrics/evaluate.json"))
+    assert metrics["score"] > 2 * metrics["positive_rate"], metrics
+    assert metrics["roc_auc"] > 0.65 and abs(metrics["roc_auc"] - in_memory["roc_auc"]) < 0.1, metrics
+    assert json.loads(cloned.read("models/manifest.json"))["negative_sample_rate"] == 0.5
 
 
 def test_real_belka_rows_plug_in_through_params_and_dvc(
