@@ -110,10 +110,9 @@ class KeySet:
         self.recent.append(np.sort(keys))
         self.recent_size += len(keys)
         if len(self.recent) > 16 or self.recent_size > max(1 << 20, len(self.main) // 4):
-            merged = np.concatenate([self.main, *self.recent])
-            self.main = self.recent = None  # let the old arrays go before sorting
-            merged.sort()
-            self.main, self.recent, self.recent_size = merged, [], 0
+            self.main = np.concatenate([self.main, *self.recent])  # the old arrays go before the sort
+            self.recent, self.recent_size = [], 0
+            self.main.sort()
 
 
 def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
@@ -259,9 +258,6 @@ class FeatureWorkers:
     def __init__(self, n_workers: int, config: chem.FeatureConfig) -> None:
         self.n_workers, self.config = n_workers, config
         self.executor: ProcessPoolExecutor | None = None
-
-    def compute(self, cleaned: list[str]) -> chem.FeatureBatch:
-        return self.submit(cleaned)()
 
     def submit(self, cleaned: list[str]) -> Callable[[], chem.FeatureBatch]:
         """Start computing; returns a function that waits for the result. The pool works on what was submitted
