@@ -155,6 +155,9 @@ needs_gcl = pytest.mark.skipif(
 )
 
 
+GITLAB_ORIGIN = "https://gitlab.invalid/belka/belka-dvc.git"
+
+
 def gcl_project(path: Path, files: dict[str, str]) -> Path:
     path.mkdir()
     shutil.copy2(CI_FILE, path / ".gitlab-ci.yml")
@@ -162,18 +165,22 @@ def gcl_project(path: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text(text)
-    env = gcl_env()
-    for args in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-q", "-m", "x"],
-        # gitlab-ci-local reads the project from origin and diffs against origin/main for rules:changes
-        ["git", "remote", "add", "origin", "https://gitlab.invalid/belka/belka-dvc.git"],
-        ["git", "update-ref", "refs/remotes/origin/main", "HEAD"],
-        ["git", "symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main"],
-    ):
-        subprocess.run(args, cwd=path, env=env, check=True, capture_output=True)
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=path, env=gcl_env(), check=True, capture_output=True)
+    set_gitlab_origin(path)
     return path
+
+
+def set_gitlab_origin(path: Path) -> None:
+    """gitlab-ci-local reads the project from origin and diffs against origin/main for rules:changes: point
+    origin at a GitLab URL and origin/main at HEAD (call again after a commit that main should include)."""
+    has_origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=path, capture_output=True)
+    for args in (
+        ["remote", "set-url" if has_origin.returncode == 0 else "add", "origin", GITLAB_ORIGIN],
+        ["update-ref", "refs/remotes/origin/main", "HEAD"],
+        ["symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main"],
+    ):
+        subprocess.run(["git", *args], cwd=path, env=gcl_env(), check=True, capture_output=True)
 
 
 def gcl_env() -> dict[str, str]:
@@ -199,10 +206,23 @@ def layered_venv(path: Path) -> Path:
     return path / "bin"
 
 
-def gcl(project: Path, *args: str) -> subprocess.CompletedProcess:
+def gcl(
+    project: Path,
+    *args: str,
+    job_bin: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
+    """Run gitlab-ci-local in ``project``; jobs that install the project get ``job_bin`` (a layered_venv) first
+    on PATH and build it with that venv's setuptools, so nothing is downloaded."""
+    full_env = gcl_env()
+    if job_bin is not None:
+        full_env["PATH"] = f"{job_bin}{os.pathsep}{full_env['PATH']}"
+        full_env["PIP_NO_BUILD_ISOLATION"] = "0"
+    full_env.update(env or {})
     return subprocess.run(
-        [GITLAB_CI_LOCAL, "--no-color", *args], cwd=project, env=gcl_env(), capture_output=True, text=True,
-        timeout=300,
+        [GITLAB_CI_LOCAL, "--no-color", *args], cwd=project, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
     )  # fmt: skip
 
 
@@ -254,14 +274,11 @@ PASSING_TEST = "def test_adds():\n    assert 1 + 1 == 2\n"
 def test_gitlab_ci_local_runs_the_test_job(tmp_path):
     """The `test` job installs the project with its dev extra and runs the README's test command; a failing test
     fails the job. (A stand-in project: the real suite under the job would run this test again.)"""
-    env = gcl_env()
-    env["PATH"] = f"{layered_venv(tmp_path / 'job-venv')}{os.pathsep}{env['PATH']}"
-    env["PIP_NO_BUILD_ISOLATION"] = "0"  # build with the venv's setuptools: nothing is downloaded
+    job_bin = layered_venv(tmp_path / "job-venv")
     files = {"stages/__init__.py": "", "tests/test_ok.py": PASSING_TEST}
 
     passing = gcl_project(tmp_path / "passing", files)
-    result = subprocess.run([GITLAB_CI_LOCAL, "--no-color", "--force-shell-executor", "test"], cwd=passing, env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = gcl(passing, "--force-shell-executor", "test", job_bin=job_bin)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
     assert "$ python -m pip install -q -e '.[dev]'" in log and "$ python -m pytest" in log, log
@@ -271,8 +288,7 @@ def test_gitlab_ci_local_runs_the_test_job(tmp_path):
     failing = gcl_project(
         tmp_path / "failing", files | {"tests/test_bad.py": "def test_bad():\n    assert False\n"}
     )
-    result = subprocess.run([GITLAB_CI_LOCAL, "--no-color", "--force-shell-executor", "test"], cwd=failing, env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = gcl(failing, "--force-shell-executor", "test", job_bin=job_bin)
     log = result.stdout + result.stderr
     assert result.returncode != 0, log
     assert "FAIL  test" in log and "1 failed, 1 passed" in log, log

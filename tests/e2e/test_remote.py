@@ -8,7 +8,6 @@ environment. An `endpointurl` in the config wins over AWS_ENDPOINT_URL.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import Repo, project_env, ran_stages, run
-from tests.test_gitlab_ci import GITLAB_CI_LOCAL, gcl_env, layered_venv, needs_gcl
+from tests.test_gitlab_ci import gcl, layered_venv, needs_gcl, set_gitlab_origin
 
 pytestmark = pytest.mark.slow
 
@@ -220,24 +219,16 @@ def test_credentials_never_written_or_printed(reproduced_repo, pushed, s3_endpoi
 
 
 def reproduce_job(project: Path, job_bin: Path, endpoint: str) -> subprocess.CompletedProcess:
-    env = gcl_env()
-    env["PATH"] = f"{job_bin}{os.pathsep}{env['PATH']}"
-    env.update(PIP_NO_BUILD_ISOLATION="0", AWS_ENDPOINT_URL=endpoint, BELKA_PROGRESS="0")
-    return subprocess.run(
-        [GITLAB_CI_LOCAL, "--no-color", "--force-shell-executor", "--variable=CI_COMMIT_BRANCH=main", "reproduce"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    return gcl(
+        project, "--force-shell-executor", "--variable=CI_COMMIT_BRANCH=main", "reproduce",
+        job_bin=job_bin, env={"AWS_ENDPOINT_URL": endpoint, "BELKA_PROGRESS": "0"}, timeout=600,
     )  # fmt: skip
 
 
 @needs_gcl
 def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endpoint, tmp_path):
     project = clone(reproduced_repo, tmp_path / "project")
-    for args in (
-        ["remote", "set-url", "origin", "https://gitlab.invalid/belka/belka-dvc.git"],
-        ["update-ref", "refs/remotes/origin/main", "HEAD"],
-        ["symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main"],
-    ):
-        project.git(*args)
+    set_gitlab_origin(project.path)
     (project.path / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
     job_bin = layered_venv(tmp_path / "job-venv")
 
@@ -253,7 +244,7 @@ def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endp
     # touches, pushes it, and fails because the default branch's dvc.lock is not what `dvc repro` gives.
     project.set_params({"xgb": {"max_depth": 3}})
     project.commit("max_depth 3, dvc.lock not updated")
-    project.git("update-ref", "refs/remotes/origin/main", "HEAD")
+    set_gitlab_origin(project.path)
     # (gitlab-ci-local 4.72 exits 0 here: it takes `allow_failure: exit_codes` for allow_failure: true; GitLab
     # allows only the listed code, 3, so this exit 1 fails the pipeline. The job's own verdict is in its log.)
     result = reproduce_job(project.path, job_bin, s3_endpoint)
