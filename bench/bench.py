@@ -21,7 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -29,6 +31,8 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 import yaml  # noqa: E402
+
+T = TypeVar("T")
 
 BELKA_ROWS = 295_246_830
 BELKA_MOLECULES = 98_415_610
@@ -116,6 +120,13 @@ def helper(args: list[str], log_path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- baselines
 
 
+def timed(work: Callable[[], T]) -> tuple[T, float, float]:
+    """``work()``'s result, its wall-clock seconds and this process's CPU seconds."""
+    start, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return result, time.perf_counter() - start, time.process_time() - cpu
+
+
 def naive(source: str, rows: int, params_file: str) -> dict:
     """The naive way: polars ``map_elements`` calling RDKit on every row, one process."""
     import numpy as np
@@ -141,9 +152,11 @@ def naive(source: str, rows: int, params_file: str) -> dict:
         }
 
     dtype = pl.Struct({"mw": pl.Float64, "hbd": pl.Int64, "hba": pl.Int64, "fp": pl.Binary})
-    start, cpu = time.perf_counter(), time.process_time()
-    out = frame.with_columns(pl.col("molecule_smiles").map_elements(featurize, return_dtype=dtype).alias("f"))
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    out, seconds, cpu = timed(
+        lambda: frame.with_columns(
+            pl.col("molecule_smiles").map_elements(featurize, return_dtype=dtype).alias("f")
+        )
+    )
     return {
         "rows": len(out),
         "compute_seconds": seconds,
@@ -161,14 +174,12 @@ def ceiling(source: str, molecules: int, params_file: str) -> dict:
     from stages.params import load_params
 
     params = load_params(params_file)
-    scan = pl.scan_parquet(source).select("molecule_smiles")
-    smiles = scan.head(4 * molecules).unique(maintain_order=True).head(molecules).collect()["molecule_smiles"]
-    cleaned = [s.replace("[Dy]", "") for s in smiles.to_list()]
+    cleaned_expr, _ = chem.clean_smiles_expr(pl.col("molecule_smiles"), params.featurize.max_smiles_length)
+    unique = pl.scan_parquet(source).select("molecule_smiles").head(4 * molecules).unique(maintain_order=True)
+    cleaned = unique.head(molecules).select(cleaned_expr).collect().to_series().drop_nulls().to_list()
     config = feature_config(params)
     chem.featurize_smiles(cleaned[:50], config)  # warm up RDKit's lazy initialisation
-    start, cpu = time.perf_counter(), time.process_time()
-    chem.featurize_smiles(cleaned, config)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    _, seconds, cpu = timed(lambda: chem.featurize_smiles(cleaned, config))
     return {
         "molecules": len(cleaned),
         "compute_seconds": seconds,
