@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -95,6 +96,17 @@ class Repo:
 
     def read(self, relative: str) -> bytes:
         return (self.path / relative).read_bytes()
+
+
+def tree_hashes(root: Path, *names: str) -> dict[str, str]:
+    """sha256 of each file named, or under each directory named (default: all of ``root``), by path from root."""
+    hashes = {}
+    for name in names or (".",):
+        target = root / name
+        for path in [target] if target.is_file() else sorted(target.rglob("*")):
+            if path.is_file():
+                hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
 
 
 def tracked_files() -> list[str]:

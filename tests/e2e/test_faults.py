@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from stages.featurize import featurize_file
-from tests.conftest import ROOT, SMALL_PARAMS, Repo, deep_update, make_repo, project_env, run
+from tests.conftest import ROOT, SMALL_PARAMS, Repo, deep_update, make_repo, project_env, run, tree_hashes
 from tests.test_bad_input import make_params, raw_frame
 
 OUTPUT_ROOTS = ("data", "models", "metrics")
@@ -28,20 +28,8 @@ REUSED = re.compile(r"(\d+) reused from the feature cache, (\d+) computed")
 
 def output_hashes(repo: Repo) -> dict[str, str]:
     """sha256 of every file under data/, models/, metrics/ and of dvc.lock (leftover temp names excluded)."""
-    hashes = {"dvc.lock": hashlib.sha256(repo.read("dvc.lock")).hexdigest()}
-    for root in OUTPUT_ROOTS:
-        for path in sorted((repo.path / root).rglob("*")):
-            if path.is_file() and ".tmp-" not in str(path):
-                hashes[str(path.relative_to(repo.path))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
-
-
-def hashes_under(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
+    hashes = tree_hashes(repo.path, "dvc.lock", *OUTPUT_ROOTS)
+    return {name: digest for name, digest in hashes.items() if ".tmp-" not in name}
 
 
 def start(repo: Repo, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -123,7 +111,7 @@ def test_featurize_killed_resumes_from_cache_and_a_second_repro_is_locked_out(tm
     assert reused > 0 and computed > 0 and reused + computed == 6000, rerun.stderr
     assert killed_parts <= len(cache_parts())
     assert not list((repo.path / "data/features").glob(".train.tmp-*"))  # the killed run's leftovers are gone
-    resumed = hashes_under(repo.path / "data/features")
+    resumed = tree_hashes(repo.path / "data/features")
     assert status(repo, "featurize@train").strip() == UP_TO_DATE
 
     # An uninterrupted run from an empty cache gives the same bytes; a second repro meanwhile is refused.
@@ -138,7 +126,7 @@ def test_featurize_killed_resumes_from_cache_and_a_second_repro_is_locked_out(tm
     _out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert REUSED.search(err).groups() == ("0", "6000")
-    assert hashes_under(repo.path / "data/features") == resumed
+    assert tree_hashes(repo.path / "data/features") == resumed
 
 
 HOOK = """
@@ -236,7 +224,7 @@ def previous(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     featurize_file(
         source, output, tmp_path / "features" / "train-rejects.csv", make_params(), True, tmp_path / "c0"
     )
-    return source, output, hashes_under(tmp_path / "features")
+    return source, output, tree_hashes(tmp_path / "features")
 
 
 def test_full_disk_is_a_clear_error_and_keeps_the_previous_output(tmp_path: Path, previous) -> None:
@@ -253,7 +241,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_previous_output(tmp_path: Path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "too large" in errors[0].lower(), result.stderr
     assert "Traceback" not in result.stderr
-    assert hashes_under(tmp_path / "features") == before
+    assert tree_hashes(tmp_path / "features") == before
     assert not [p for p in (tmp_path / "features").iterdir() if ".tmp-" in p.name]
 
 
@@ -286,4 +274,4 @@ def test_read_only_output_directory(tmp_path: Path, previous) -> None:
         parent.chmod(0o755)
     assert result.returncode == 1
     assert "error: Permission denied" in result.stderr and "Traceback" not in result.stderr
-    assert hashes_under(parent) == before
+    assert tree_hashes(parent) == before

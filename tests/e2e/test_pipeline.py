@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -205,7 +204,3 @@ def test_every_stage_runs_outside_dvc(reproduced_repo: Repo) -> None:
         assert "usage: python -m stages." in out and "--params" in out, stage
     help_text = run([sys.executable, "-m", "stages.featurize", "--help"], cwd=reproduced_repo.path).stdout
     assert "--input" in help_text and "--output" in help_text
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -7,7 +7,6 @@ environment. An `endpointurl` in the config wins over AWS_ENDPOINT_URL.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import boto3
 import pytest
 import yaml
 
-from tests.conftest import Repo, project_env, ran_stages, run
+from tests.conftest import Repo, project_env, ran_stages, run, tree_hashes
 from tests.test_gitlab_ci import gcl, layered_venv, needs_gcl, set_gitlab_origin
 
 pytestmark = pytest.mark.slow
@@ -88,12 +87,11 @@ def clone(source: Repo, target: Path, endpoint: str | None = None, rev: str | No
 
 
 def file_hashes(root: Path, *folders: str) -> dict[str, str]:
-    hashes = {}
-    for folder in folders:
-        for path in sorted((root / folder).rglob("*")):
-            if path.is_file() and path.name != ".gitignore":
-                hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
+    return {
+        name: digest
+        for name, digest in tree_hashes(root, *folders).items()
+        if Path(name).name != ".gitignore"
+    }
 
 
 def workspace_snapshot(root: Path) -> dict[str, str]:
