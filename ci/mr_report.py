@@ -1,8 +1,10 @@
 """Post (or update) the DVC report note on the current GitLab merge request.
 
-The CI job `report` runs `dvc metrics diff --md`, `dvc params diff --md` and `dvc plots diff` against the target
-branch, then calls this script with their output. The note carries a hidden marker, so each pipeline updates the
-same note instead of adding one more.
+The CI job `report` runs `dvc metrics diff --md`, `dvc params diff --md` and `dvc plots diff --json` against the
+target branch, then calls this script with their output. Each vega-lite plot of `dvc plots diff --json` is
+rendered to PNG (vl-convert, no browser), uploaded to the project (`POST /projects/:id/uploads`, as CML does)
+and shown in the note as an image. The note carries a hidden marker, so each pipeline updates the same note
+instead of adding one more.
 
 Environment (GitLab sets all but the token):
   GITLAB_API_TOKEN      project access token with `api` scope (a masked CI variable; CI_JOB_TOKEN cannot write notes)
@@ -10,7 +12,7 @@ Environment (GitLab sets all but the token):
   CI_PROJECT_ID         numeric project id
   CI_MERGE_REQUEST_IID  the merge request's iid
 
-Only the standard library: urllib for HTTP. The token is sent in the PRIVATE-TOKEN header and never printed.
+Talks to GitLab through python-gitlab; the token goes in the PRIVATE-TOKEN header and is never printed.
 """
 
 from __future__ import annotations
@@ -18,18 +20,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+import gitlab
+import gitlab.exceptions
+import requests
+import vl_convert
 
 MARKER = "<!-- belka-dvc-report -->"
 REQUIRED = ("GITLAB_API_TOKEN", "CI_API_V4_URL", "CI_PROJECT_ID", "CI_MERGE_REQUEST_IID")
+PNG_SCALE = 2.0  # sharp on high-density screens; a 300x300 dvc plot becomes about 860x720 pixels
 
 
 class ReportError(Exception):
     """A failure worth one clear line, without a traceback."""
+
+
+@dataclass
+class Plot:
+    """One rendered plot: its name in dvc.yaml, a file name for the upload, and the PNG (or why there is none)."""
+
+    name: str
+    filename: str
+    png: bytes | None = None
+    error: str | None = None
 
 
 def section(title: str, text: str, empty: str) -> str:
@@ -40,7 +57,65 @@ def section(title: str, text: str, empty: str) -> str:
     return f"### {title}\n\n{text if text else empty}\n"
 
 
-def build_body(metrics_md: str, params_md: str, plots_url: str | None, base: str | None) -> str:
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "plot"
+
+
+def vega_specs(plots_json: dict) -> list[tuple[str, dict]]:
+    """(name, vega-lite spec) for each vega plot of `dvc plots diff --json` output:
+    {"data": {name: [{"type": "vega", "revisions": [...], "content": spec}, ...]}, "errors": [...]}.
+    Image plots (type "image") are left out; older dvc-render versions gave the spec as a JSON string."""
+    specs = []
+    for name, entries in (plots_json.get("data") or {}).items():
+        for entry in entries:
+            if entry.get("type") != "vega" or not entry.get("content"):
+                continue
+            content = entry["content"]
+            specs.append((name, json.loads(content) if isinstance(content, str) else content))
+    return specs
+
+
+def render_plots(plots_json: dict, scale: float = PNG_SCALE) -> list[Plot]:
+    plots: list[Plot] = []
+    used: set[str] = set()
+    for name, spec in vega_specs(plots_json):
+        stem = slug(name)
+        filename, n = f"{stem}.png", 2
+        while filename in used:
+            filename, n = f"{stem}-{n}.png", n + 1
+        used.add(filename)
+        try:
+            plots.append(Plot(name, filename, png=vl_convert.vegalite_to_png(spec, scale=scale)))
+        except (
+            Exception
+        ) as error:  # vl-convert raises ValueError for a bad spec; a broken plot must not stop the note
+            plots.append(Plot(name, filename, error=str(error).splitlines()[0][:200] if str(error) else "?"))
+    return plots
+
+
+def plots_section(plots: list[Plot], images: dict[str, str], plots_url: str | None) -> str | None:
+    """Markdown for the plots: each image's markdown (from the upload) under its name, then the HTML link."""
+    if not plots and not plots_url:
+        return None
+    lines = ["### Plots\n"]
+    for plot in plots:
+        if plot.filename in images:
+            lines.append(f"**{plot.name}**\n\n{images[plot.filename]}\n")
+        else:
+            lines.append(f"**{plot.name}**: not rendered ({plot.error or 'not uploaded'})\n")
+    if plots_url:
+        lines.append(f"[Plots diff (HTML)]({plots_url})\n")
+    return "\n".join(lines)
+
+
+def build_body(
+    metrics_md: str,
+    params_md: str,
+    plots_url: str | None,
+    base: str | None,
+    plots: list[Plot] | None = None,
+    images: dict[str, str] | None = None,
+) -> str:
     against = f" against `{base}`" if base else ""
     parts = [
         MARKER,
@@ -48,8 +123,9 @@ def build_body(metrics_md: str, params_md: str, plots_url: str | None, base: str
         section("Metrics", metrics_md, "No metric changed."),
         section("Params", params_md, "No param changed."),
     ]
-    if plots_url:
-        parts.append(f"### Plots\n\n[Plots diff (HTML)]({plots_url})\n")
+    plots_md = plots_section(plots or [], images or {}, plots_url)
+    if plots_md:
+        parts.append(plots_md)
     sha = os.environ.get("CI_COMMIT_SHORT_SHA")
     pipeline = os.environ.get("CI_PIPELINE_URL")
     if sha or pipeline:
@@ -68,57 +144,66 @@ def require_env(env: dict[str, str]) -> dict[str, str]:
     return {name: env[name] for name in REQUIRED}
 
 
-class GitLab:
-    def __init__(self, api_url: str, project_id: str, token: str, timeout: float = 30.0) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.project = urllib.parse.quote(str(project_id), safe="")
-        self._token = token
-        self.timeout = timeout
+class Report:
+    """The merge request's report note, through python-gitlab. Every API failure becomes a ReportError that names
+    what was tried and the HTTP status, never the token."""
 
-    def request(self, method: str, path: str, payload: dict | None = None) -> object:
-        url = f"{self.api_url}/projects/{self.project}{path}"
-        data = None if payload is None else json.dumps(payload).encode()
-        headers = {"PRIVATE-TOKEN": self._token, "Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    def __init__(self, settings: dict[str, str], timeout: float = 30.0) -> None:
+        self.api_url = settings["CI_API_V4_URL"].rstrip("/")
+        server = self.api_url.removesuffix("/api/v4")
+        self.gl = gitlab.Gitlab(server, private_token=settings["GITLAB_API_TOKEN"], timeout=timeout)
+        self.project = self.gl.projects.get(settings["CI_PROJECT_ID"], lazy=True)
+        self.mr_iid = settings["CI_MERGE_REQUEST_IID"]
+        self._mr = None
+
+    def _call(self, what: str, function, *args, **kwargs):
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")[:300]
-            raise ReportError(f"{method} {url} failed: HTTP {error.code} {error.reason}: {detail}") from None
-        except urllib.error.URLError as error:
-            raise ReportError(f"{method} {url} failed: {error.reason}") from None
-        return json.loads(body) if body else None
+            return function(*args, **kwargs)
+        except gitlab.exceptions.GitlabError as error:
+            message = error.error_message
+            if isinstance(message, bytes):
+                message = message.decode(errors="replace")
+            raise ReportError(f"{what} failed: HTTP {error.response_code}: {str(message)[:300]}") from None
+        except requests.exceptions.RequestException as error:
+            raise ReportError(
+                f"{what} failed: cannot reach the GitLab API at {self.api_url} ({type(error).__name__})"
+            ) from None
 
-    def notes(self, mr_iid: str) -> list[dict]:
-        notes: list[dict] = []
-        page = 1
-        while True:
-            batch = self.request("GET", f"/merge_requests/{mr_iid}/notes?per_page=100&page={page}&sort=asc")
-            if not isinstance(batch, list):
-                raise ReportError(f"unexpected answer listing notes: {type(batch).__name__}")
-            notes.extend(batch)
-            if len(batch) < 100:
-                return notes
-            page += 1
+    @property
+    def mr(self):
+        if self._mr is None:
+            self._mr = self._call(
+                f"reading merge request !{self.mr_iid}", self.project.mergerequests.get, self.mr_iid
+            )
+        return self._mr
 
+    def upload(self, plots: list[Plot]) -> dict[str, str]:
+        """Upload each rendered PNG; returns {filename: markdown that GitLab gave for it}."""
+        images = {}
+        for plot in plots:
+            if plot.png is not None:
+                answer = self._call(
+                    f"uploading {plot.filename}", self.project.upload, plot.filename, filedata=plot.png
+                )
+                if not isinstance(answer, dict) or "markdown" not in answer:
+                    raise ReportError(f"unexpected answer uploading {plot.filename}")
+                images[plot.filename] = answer["markdown"]
+        return images
 
-def post_report(body: str, env: dict[str, str]) -> tuple[str, int]:
-    """Create or update the marked note; returns ("created" | "updated", note id)."""
-    settings = require_env(env)
-    gitlab = GitLab(settings["CI_API_V4_URL"], settings["CI_PROJECT_ID"], settings["GITLAB_API_TOKEN"])
-    mr = settings["CI_MERGE_REQUEST_IID"]
-    earlier = [note for note in gitlab.notes(mr) if MARKER in (note.get("body") or "")]
-    if earlier:
-        note_id = earlier[-1]["id"]
-        gitlab.request("PUT", f"/merge_requests/{mr}/notes/{note_id}", {"body": body})
-        return "updated", note_id
-    created = gitlab.request("POST", f"/merge_requests/{mr}/notes", {"body": body})
-    if not isinstance(created, dict) or "id" not in created:
-        raise ReportError("unexpected answer creating the note")
-    return "created", created["id"]
+    def post(self, body: str) -> tuple[str, int]:
+        """Create or update the marked note; returns ("created" | "updated", note id)."""
+        mr = self.mr
+        notes = self._call("listing notes", mr.notes.list, get_all=True, sort="asc", order_by="created_at")
+        earlier = [note for note in notes if MARKER in (getattr(note, "body", None) or "")]
+        if earlier:
+            note = earlier[-1]
+            note.body = body
+            self._call(f"updating note {note.id}", note.save)
+            return "updated", note.id
+        created = self._call("creating the note", mr.notes.create, {"body": body})
+        if getattr(created, "id", None) is None:
+            raise ReportError("unexpected answer creating the note")
+        return "created", created.id
 
 
 def read(path: str | None) -> str:
@@ -129,17 +214,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics", help="file with `dvc metrics diff --md` output")
     parser.add_argument("--params", help="file with `dvc params diff --md` output")
+    parser.add_argument(
+        "--plots-json", help="file with `dvc plots diff --json` output: its plots become images"
+    )
+    parser.add_argument("--png-dir", help="also write the rendered PNGs here (e.g. for the job's artifacts)")
     parser.add_argument("--plots-url", help="link to the `dvc plots diff` HTML (a job artifact)")
     parser.add_argument("--base", help="the branch compared against, for the title")
     parser.add_argument("--dry-run", action="store_true", help="print the note instead of posting it")
     args = parser.parse_args(argv)
 
     try:
-        body = build_body(read(args.metrics), read(args.params), args.plots_url, args.base)
+        metrics, params = read(args.metrics), read(args.params)
+        plots_text = read(args.plots_json)
+        try:
+            plots = render_plots(json.loads(plots_text)) if plots_text.strip() else []
+        except json.JSONDecodeError as error:
+            raise ReportError(f"{args.plots_json} is not `dvc plots diff --json` output: {error}") from None
+        if args.png_dir:
+            Path(args.png_dir).mkdir(parents=True, exist_ok=True)
+            for plot in plots:
+                if plot.png is not None:
+                    (Path(args.png_dir) / plot.filename).write_bytes(plot.png)
         if args.dry_run:
-            print(body)
+            local = {p.filename: f"![{p.filename}]({p.filename})" for p in plots if p.png is not None}
+            print(build_body(metrics, params, args.plots_url, args.base, plots, local))
             return 0
-        action, note_id = post_report(body, dict(os.environ))
+        report = Report(require_env(dict(os.environ)))
+        report.mr  # noqa: B018 (a missing merge request fails before anything is uploaded)
+        images = report.upload(plots)
+        action, note_id = report.post(build_body(metrics, params, args.plots_url, args.base, plots, images))
     except (ReportError, OSError) as error:
         print(f"mr_report: error: {error}", file=sys.stderr)
         return 1

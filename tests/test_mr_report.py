@@ -1,8 +1,12 @@
-"""ci/mr_report.py against a local stand-in for GitLab's notes API (http.server on 127.0.0.1)."""
+"""ci/mr_report.py against a local stand-in for GitLab's API (http.server on 127.0.0.1): the merge request, its
+notes and project uploads, as python-gitlab calls them; the plots are real `dvc plots diff --json` output."""
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,14 +20,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "ci" / "mr_report.py"
 TOKEN = "glpat-FAKE-token-do-not-print-1234"
 MARKER = "<!-- belka-dvc-report -->"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def multipart_files(content_type: str, data: bytes) -> dict[str, tuple[str, bytes]]:
+    """{field: (filename, bytes)} of a multipart/form-data body."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + data
+    )
+    return {
+        part.get_param("name", header="content-disposition"): (
+            part.get_filename(),
+            part.get_payload(decode=True),
+        )
+        for part in message.iter_parts()
+    }
 
 
 class FakeGitLab:
-    """Merge request 7 of project 42, its notes in memory, every request recorded."""
+    """Merge request 7 of project 42, its notes and the project's uploads in memory, every request recorded."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.notes: list[dict] = [{"id": 1, "body": "LGTM, but run the pipeline", "system": False}]
+        self.uploads: list[tuple[str, bytes]] = []
         self.next_id = 100
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -43,19 +63,32 @@ class FakeGitLab:
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
+                raw = self.rfile.read(length) if length else b""
+                content_type = self.headers.get("Content-Type") or ""
+                files = multipart_files(content_type, raw) if content_type.startswith("multipart/") else {}
+                body = json.loads(raw) if raw and not files else None
                 fake.requests.append(
                     {
                         "method": self.command,
                         "path": self.path,
                         "headers": {k.lower(): v for k, v in self.headers.items()},
                         "body": body,
+                        "files": files,
                     }
                 )
                 if self.headers.get("PRIVATE-TOKEN") != TOKEN:
                     return self._reply(401, {"message": "401 Unauthorized"})
-                base = "/api/v4/projects/42/merge_requests/7/notes"
+                mr_path = "/api/v4/projects/42/merge_requests/7"
+                base = mr_path + "/notes"
                 path = self.path.split("?")[0]
+                if self.command == "GET" and path == mr_path:
+                    return self._reply(200, {"id": 4242, "iid": 7, "project_id": 42, "title": "Upgrade"})
+                if self.command == "POST" and path == "/api/v4/projects/42/uploads":
+                    name, data = files["file"]
+                    fake.uploads.append((name, data))
+                    url = f"/uploads/{len(fake.uploads):032x}/{name}"
+                    return self._reply(201, {"alt": name, "url": url, "full_path": f"/-/project/42{url}",
+                                             "markdown": f"![{name}]({url})"})  # fmt: skip
                 if self.command == "GET" and path == base:
                     return self._reply(200, fake.notes)
                 if self.command == "POST" and path == base:
@@ -90,13 +123,66 @@ def gitlab() -> Iterator[tuple[FakeGitLab, str]]:
 
 
 def report(
-    tmp_path: Path, env: dict[str, str], metrics: str = "", params: str = ""
-) -> subprocess.CompletedProcess:
+    tmp_path: Path, env: dict[str, str], metrics: str = "", params: str = "", plots_json: str | None = None,
+    *extra: str,
+) -> subprocess.CompletedProcess:  # fmt: skip
     (tmp_path / "metrics.md").write_text(metrics)
     (tmp_path / "params.md").write_text(params)
     args = [sys.executable, str(SCRIPT), "--metrics", str(tmp_path / "metrics.md"), "--params",
             str(tmp_path / "params.md"), "--plots-url", "https://gitlab.invalid/plots/index.html", "--base", "main"]  # fmt: skip
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    if plots_json is not None:
+        (tmp_path / "plots.json").write_text(plots_json)
+        args += ["--plots-json", str(tmp_path / "plots.json")]
+    return subprocess.run([*args, *extra], env=env, capture_output=True, text=True, timeout=120)
+
+
+PLOTS_YAML = """\
+plots:
+  - Precision-recall on the valid part:
+      template: linear
+      x: recall
+      y:
+        metrics/plots/pr_BRD4.csv: precision
+        metrics/plots/pr_sEH.csv: precision
+  - ROC on the valid part:
+      template: linear
+      x: fpr
+      y:
+        metrics/plots/roc_BRD4.csv: tpr
+"""
+
+
+def curves(repo: Path, shift: float) -> None:
+    plots = repo / "metrics" / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for protein in ("BRD4", "sEH"):
+        rows = [f"{r / 10},{max(0.05, 1 - r / 10 - shift)}" for r in range(11)]
+        (plots / f"pr_{protein}.csv").write_text("recall,precision\n" + "\n".join(rows) + "\n")
+    rows = [f"{r / 10},{min(1.0, (r / 10) ** 0.5 + shift)}" for r in range(11)]
+    (plots / "roc_BRD4.csv").write_text("fpr,tpr\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def plots_json(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What the report job's `dvc plots diff <base> --json` prints: a dvc repo whose curves changed since main
+    (the plots section of dvc.yaml has the shape of this project's: several CSVs per plot)."""
+    repo = tmp_path_factory.mktemp("plots")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")  # fmt: skip
+    dvc = [sys.executable, "-m", "dvc"]
+    (repo / "dvc.yaml").write_text(PLOTS_YAML)
+    curves(repo, 0.0)
+    for command in (["git", "init", "-q", "-b", "main"], [*dvc, "init", "-q"], ["git", "add", "-A"],
+                    ["git", "commit", "-q", "-m", "curves"]):  # fmt: skip
+        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+    curves(repo, 0.1)
+    result = subprocess.run([*dvc, "plots", "diff", "main", "--json"], cwd=repo, env=env, check=True,
+                            capture_output=True, text=True)  # fmt: skip
+    assert set(json.loads(result.stdout)["data"]) == {
+        "Precision-recall on the valid part",
+        "ROC on the valid part",
+    }
+    return result.stdout
 
 
 def ci_env(api_url: str) -> dict[str, str]:
@@ -117,7 +203,9 @@ def test_first_run_creates_the_note_then_updates_it(gitlab, tmp_path):
 
     first = report(tmp_path, ci_env(api_url), metrics=METRICS_MD, params="")
     assert first.returncode == 0, first.stderr
-    assert [r["method"] for r in fake.requests] == ["GET", "POST"]
+    assert [(r["method"], r["path"].split("?")[0].rsplit("/", 1)[-1]) for r in fake.requests] == [
+        ("GET", "7"), ("GET", "notes"), ("POST", "notes")
+    ]  # fmt: skip
     created = fake.notes[-1]
     assert created["id"] == 100
     assert MARKER in created["body"]
@@ -133,8 +221,8 @@ def test_first_run_creates_the_note_then_updates_it(gitlab, tmp_path):
     )
     second = report(tmp_path, ci_env(api_url), metrics=head_only, params=params_md)
     assert second.returncode == 0, second.stderr
-    assert [r["method"] for r in fake.requests] == ["GET", "PUT"]
-    assert fake.requests[1]["path"] == "/api/v4/projects/42/merge_requests/7/notes/100"
+    assert [r["method"] for r in fake.requests] == ["GET", "GET", "PUT"]
+    assert fake.requests[-1]["path"] == "/api/v4/projects/42/merge_requests/7/notes/100"
     assert len(fake.notes) == 2  # the reviewer's note and ours: no second report note
     assert "No metric changed." in fake.notes[-1]["body"]
     assert "| params.yaml | xgb.max_depth | 6 | 8 |" in fake.notes[-1]["body"]
@@ -161,6 +249,7 @@ def test_rejected_token_fails_without_printing_it(gitlab, tmp_path):
     result = report(tmp_path, env)
     assert result.returncode == 1
     assert "HTTP 401" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "glpat-wrong-token-also-secret" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
 
@@ -186,3 +275,69 @@ def test_unreachable_api_is_a_clear_error(tmp_path):
     assert "127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
     assert TOKEN not in result.stdout + result.stderr
+
+
+def test_plots_are_rendered_uploaded_and_shown_in_the_note(gitlab, tmp_path, plots_json):
+    fake, api_url = gitlab
+    result = report(tmp_path, ci_env(api_url), METRICS_MD, "", plots_json, "--png-dir", str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    assert [name for name, _ in fake.uploads] == [
+        "precision-recall-on-the-valid-part.png",
+        "roc-on-the-valid-part.png",
+    ]
+    for name, data in fake.uploads:
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name  # a real image, not a placeholder
+        assert (tmp_path / "png" / name).read_bytes() == data  # the same PNG kept for the job's artifacts
+    uploads = [r for r in fake.requests if r["path"] == "/api/v4/projects/42/uploads"]
+    assert all(r["headers"]["content-type"].startswith("multipart/form-data") for r in uploads)
+    assert all(r["headers"]["private-token"] == TOKEN for r in uploads)
+    body = fake.notes[-1]["body"]
+    assert MARKER in body
+    for n, (name, _) in enumerate(fake.uploads, start=1):
+        assert f"![{name}](/uploads/{n:032x}/{name})" in body  # the markdown GitLab answered, as given
+    assert body.index("**Precision-recall on the valid part**") < body.index("![precision-recall")
+    assert "https://gitlab.invalid/plots/index.html" in body
+    methods = [r["method"] + " " + r["path"].split("?")[0].rsplit("/", 1)[-1] for r in fake.requests]
+    assert methods == ["GET 7", "POST uploads", "POST uploads", "GET notes", "POST notes"]
+
+    fake.requests.clear()  # the next pipeline uploads the new images and updates the same note
+    result = report(tmp_path, ci_env(api_url), METRICS_MD, "", plots_json)
+    assert result.returncode == 0, result.stderr
+    assert len(fake.uploads) == 4 and len(fake.notes) == 2
+    assert "/uploads/00000000000000000000000000000003/precision" in fake.notes[-1]["body"]
+
+
+def test_dry_run_renders_the_plots_without_any_request(tmp_path, plots_json):
+    result = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", plots_json, "--dry-run",
+                    "--png-dir", str(tmp_path / "png"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "![roc-on-the-valid-part.png](roc-on-the-valid-part.png)" in result.stdout
+    assert (tmp_path / "png" / "roc-on-the-valid-part.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_plot_that_does_not_render_is_named_in_the_note(gitlab, tmp_path, plots_json):
+    fake, api_url = gitlab
+    data = json.loads(plots_json)
+    data["data"]["ROC on the valid part"][0]["content"]["mark"] = {"type": "no-such-mark"}
+    data["data"]["ROC on the valid part"][0]["content"].pop("layer")
+    result = report(tmp_path, ci_env(api_url), METRICS_MD, "", json.dumps(data))
+    assert result.returncode == 0, result.stderr
+    assert [name for name, _ in fake.uploads] == ["precision-recall-on-the-valid-part.png"]
+    assert "**ROC on the valid part**: not rendered (" in fake.notes[-1]["body"]
+
+
+def test_bad_plots_json_is_a_clear_error(gitlab, tmp_path):
+    fake, api_url = gitlab
+    result = report(tmp_path, ci_env(api_url), METRICS_MD, "", "<html>not json</html>")
+    assert result.returncode == 1
+    assert "not `dvc plots diff --json` output" in result.stderr and "Traceback" not in result.stderr
+    assert fake.requests == []
+
+
+def test_missing_merge_request_is_a_clear_error(gitlab, tmp_path, plots_json):
+    fake, api_url = gitlab
+    result = report(tmp_path, ci_env(api_url) | {"CI_MERGE_REQUEST_IID": "8"}, METRICS_MD, "", plots_json)
+    assert result.returncode == 1
+    assert "merge request !8" in result.stderr and "HTTP 404" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fake.uploads == []  # nothing uploaded for a merge request that is not there
