@@ -1,6 +1,7 @@
-""".gitlab-ci.yml: GitLab's schema (check-jsonschema's vendored copy, offline), its structure, and, where
-gitlab-ci-local is installed, its rules and the check_code and test jobs run for real with the shell executor
-(the reproduce job runs in tests/e2e/test_remote.py, next to the S3 server)."""
+""".gitlab-ci.yml: GitLab's schema (check-jsonschema's vendored copy, offline), its structure, that every install
+comes from uv.lock, and, where gitlab-ci-local is installed, its rules and the check_code and test jobs run for
+real with the shell executor (the reproduce job runs in tests/e2e/test_remote.py, next to the S3 server). Jobs run
+under gitlab-ci-local install from uv's cache, offline (UV_OFFLINE): the cache that set up this run's venv."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_FILE = ROOT / ".gitlab-ci.yml"
-PIPELINE_PATHS = {"stages/**/*", "dvc.yaml", "dvc.lock", "params.yaml", "pyproject.toml", "data/*.dvc"}
+PIPELINE_PATHS = {"stages/**/*", "dvc.yaml", "dvc.lock", "params.yaml", "data/*.dvc"}
+UV = shutil.which("uv")
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +72,83 @@ def test_check_code_runs_ruff_check_and_format_in_parallel(ci):
     job = merged(ci, "check_code")
     commands = {c for entry in job["parallel"]["matrix"] for c in entry["RUFF_COMMAND"]}
     assert commands == {"check", "format --diff"}
-    assert "ruff $RUFF_COMMAND" in job["script"]
+    assert job["script"][-1] == "uv run --frozen --only-group lint ruff $RUFF_COMMAND"
     assert job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "push"'}]
+    assert job["cache"]["key"]["files"] == ["uv.lock"]
 
 
-def test_test_job_runs_readme_command_with_pip_cache(ci):
+def test_check_code_runs_the_locked_ruff():
+    """The lint group is ruff alone, and uv.lock has one ruff: the one the dev extra gets too."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert [r.split(">")[0] for r in project["dependency-groups"]["lint"]] == ["ruff"]
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert len([package for package in lock["package"] if package["name"] == "ruff"]) == 1
+    ours = next(package for package in lock["package"] if package["name"] == "belka-dvc")
+    assert ours["dev-dependencies"]["lint"] == [{"name": "ruff"}]
+
+
+def readme_commands() -> tuple[list[str], list[str]]:
+    """The commands of the README's first two code blocks: run the pipeline, run the tests."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[:2]
+    return tuple(
+        [
+            part.split("#")[0].strip()
+            for line in block.splitlines()
+            for part in line.split("&&")
+            if part.strip()
+        ]
+        for block in blocks
+    )
+
+
+def test_readme_installs_from_the_lock():
+    pipeline, tests = readme_commands()
+    for commands in (pipeline, tests):
+        assert commands[0] == "python3 -m pip install uv", commands
+        assert any(c.startswith("uv sync --frozen") for c in commands), commands
+        assert not any("pip install -e" in c or "uv pip" in c for c in commands), commands
+    assert pipeline[-1] in ("uv run --frozen dvc repro", "dvc repro"), pipeline
+    assert "uv run --frozen python -m pytest" in tests
+    assert 'uv run --frozen python -m pytest -m "not slow"' in tests  # the fast tier
+
+
+def test_test_job_runs_readme_command_with_uv_cache(ci):
     job = merged(ci, "test")
-    assert "python -m pip install -q -e '.[dev]'" in job["script"]
-    assert job["script"][-1] == "python -m pytest"
+    _, readme = readme_commands()
+    sync = next(c for c in readme if c.startswith("uv sync"))
+    assert sync in job["script"] and "uv lock --check" in job["script"]
+    assert job["script"][-1] == "uv run --frozen python -m pytest"  # every tier, as .ci/run
+    assert job["script"].index("uv lock --check") < job["script"].index(sync)
     sources = {rule["if"] for rule in job["rules"]}
     assert sources == {'$CI_PIPELINE_SOURCE == "push"', '$CI_PIPELINE_SOURCE == "merge_request_event"'}
-    assert job["cache"]["key"]["files"] == ["pyproject.toml"]
-    assert ci["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/pip"
-    assert ".cache/pip" in job["cache"]["paths"]
+    assert job["cache"]["key"]["files"] == ["uv.lock"]
+    assert ci["variables"]["UV_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/uv"
+    assert ".cache/uv" in job["cache"]["paths"]
+    assert ci["variables"]["UV_PYTHON_DOWNLOADS"] == "never"
+
+
+def test_ci_run_installs_from_the_lock():
+    run = (ROOT / ".ci" / "run").read_text()
+    assert "uv sync --frozen --extra dev --python python3" in run
+    assert run.rstrip().endswith("uv run --frozen python -m pytest")  # all tiers: no -m filter
+    assert "UV_PYTHON_DOWNLOADS=never" in run
+    assert "pip install -q -e" not in run and "gitlab-ci-local@" in run
+
+
+def test_every_install_is_from_the_lock(ci):
+    """No job re-resolves: every `uv sync` is --frozen, nothing is pip-installed but uv itself, and jobs that
+    bootstrap uv take the same version as the Dockerfile and .ci/run."""
+    for name, job in ci.items():
+        if not isinstance(job, dict) or "script" not in merged(ci, name):
+            continue
+        for command in scripts(merged(ci, name)).splitlines():
+            if "uv sync" in command:
+                assert "--frozen" in command, (name, command)
+            if "pip install" in command:
+                assert '"uv==$UV_VERSION"' in command, (name, command)
+    version = ci["variables"]["UV_VERSION"]
+    assert f"ARG UV_VERSION={version}\n" in (ROOT / "Dockerfile").read_text()
+    assert f"UV_VERSION={version} " in (ROOT / ".ci" / "run").read_text()
 
 
 def test_reproduce_job(ci):
@@ -96,8 +164,10 @@ def test_reproduce_job(ci):
     assert "git diff --exit-code -- dvc.lock" in script  # the default branch fails when dvc.lock differs
     rules = job["rules"]
     assert {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"} in rules
-    mr_rule = next(rule for rule in rules if rule.get("if") == '$CI_PIPELINE_SOURCE == "merge_request_event"')
-    assert set(mr_rule["changes"]) == PIPELINE_PATHS
+    mr_rules = [rule for rule in rules if rule.get("if") == '$CI_PIPELINE_SOURCE == "merge_request_event"']
+    # a merge request that changes uv.lock gets upgrade_check (a forced rerun of everything) instead
+    assert mr_rules[0] == {"if": mr_rules[0]["if"], "changes": ["uv.lock"], "when": "never"}
+    assert set(mr_rules[1]["changes"]) == PIPELINE_PATHS
     assert rules[-1]["when"] == "manual"
 
 
@@ -110,24 +180,30 @@ def test_report_job(ci):
     for command in (
         "dvc metrics diff --md",
         "dvc params diff --md",
-        "dvc plots diff",
+        'dvc plots diff "$BASE" --json > "$REPORT_DIR/plots.json"',
         "python ci/mr_report.py",
+        '--plots-json "$REPORT_DIR/plots.json"',
     ):
         assert command in script
     assert any(path.startswith("dvc-report") for path in job["artifacts"]["paths"])
     assert "$CI_JOB_ID/artifacts/file/$REPORT_DIR/plots/index.html" in script
+    assert (
+        job["before_script"][0] == "uv sync --frozen --extra dev"
+    )  # python-gitlab and vl-convert: dev extra
 
 
 def test_image_jobs(ci):
     build = merged(ci, "build_image")
-    assert set(build["rules"][-1]["changes"]) == {"pyproject.toml", "Dockerfile"}
+    assert set(build["rules"][-1]["changes"]) == {"uv.lock", "pyproject.toml", "Dockerfile"}
     assert "$CI_REGISTRY_IMAGE" in scripts(build)
     for name in ("reproduce", "report", "score", "upgrade_check"):
         assert merged(ci, name)["image"] == "$RUNNER_IMAGE"
     assert ci["variables"]["RUNNER_IMAGE"].startswith("$CI_REGISTRY_IMAGE/")
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("FROM python:3.11-slim") or "\nFROM python:3.11-slim" in dockerfile
-    assert "git" in dockerfile and "pyproject.toml" in dockerfile
+    assert "git" in dockerfile and "COPY pyproject.toml uv.lock " in dockerfile
+    assert "uv sync --frozen --no-install-project --extra dev" in dockerfile  # dependencies only: no code
+    assert "COPY . " not in dockerfile and "pip install -r" not in dockerfile
 
 
 def test_scheduled_variants(ci):
@@ -135,10 +211,20 @@ def test_scheduled_variants(ci):
     assert score["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule" && $PIPELINE_MODE == "score"'}]
     assert "dvc repro --pull --allow-missing predict" in scripts(score)
     upgrade = merged(ci, "upgrade_check")
-    assert upgrade["rules"][0]["if"] == '$CI_PIPELINE_SOURCE == "schedule" && $PIPELINE_MODE == "upgrade"'
-    assert {"changes": ["pyproject.toml"]} in upgrade["rules"]
-    assert "dvc repro --force" in scripts(upgrade)
+    assert upgrade["rules"][0] == {
+        "if": '$CI_PIPELINE_SOURCE == "schedule" && $PIPELINE_MODE == "upgrade"',
+        "variables": {"UV_LOCK_UPGRADE": "true"},
+    }
+    assert {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"', "changes": ["uv.lock"]} in upgrade["rules"]
+    assert upgrade["variables"]["UV_LOCK_UPGRADE"] == "false"
+    script = upgrade["script"]
+    steps = ['then uv lock --upgrade; fi', "uv sync --frozen --extra dev", "dvc repro --force",
+             'dvc metrics diff --md "origin/$CI_DEFAULT_BRANCH"']  # fmt: skip
+    positions = [next(i for i, line in enumerate(script) if step in line) for step in steps]
+    assert positions == sorted(positions), script
     assert "dvc push" not in scripts(upgrade)
+    for kept in ("uv.lock", "upgrades.diff", "metrics-diff.md", "metrics/", "dvc.lock"):
+        assert kept in upgrade["artifacts"]["paths"]
 
 
 def test_no_credentials_in_ci_file():
@@ -151,7 +237,8 @@ def test_no_credentials_in_ci_file():
 
 GITLAB_CI_LOCAL = os.environ.get("GITLAB_CI_LOCAL") or shutil.which("gitlab-ci-local")
 needs_gcl = pytest.mark.skipif(
-    not GITLAB_CI_LOCAL or not shutil.which("rsync"), reason="gitlab-ci-local (npm) or rsync not installed"
+    not GITLAB_CI_LOCAL or not shutil.which("rsync") or not UV,
+    reason="gitlab-ci-local (npm), rsync or uv (the jobs' installer) not installed",
 )
 
 
@@ -162,6 +249,7 @@ def gcl_project(path: Path, files: dict[str, str]) -> Path:
     path.mkdir()
     shutil.copy2(CI_FILE, path / ".gitlab-ci.yml")
     shutil.copy2(ROOT / "pyproject.toml", path / "pyproject.toml")
+    shutil.copy2(ROOT / "uv.lock", path / "uv.lock")
     for name, text in files.items():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text(text)
@@ -185,16 +273,29 @@ def set_gitlab_origin(path: Path) -> None:
 
 def gcl_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's ruff and pip
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's python
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.invalid", PIP_NO_INDEX="1",
+               GIT_COMMITTER_EMAIL="t@example.invalid", PIP_NO_INDEX="1", UV_OFFLINE="1",
                GCL_IGNORE_PREDEFINED_VARS="CI_PIPELINE_SOURCE,CI_COMMIT_BRANCH")  # fmt: skip
     return env
 
 
+@cache
+def uv_cache_dir() -> str:
+    """The uv cache that installed this run's venv: jobs install from it offline instead of from the index."""
+    return subprocess.run([UV, "cache", "dir"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def uv_variables() -> list[str]:
+    """Override .gitlab-ci.yml's uv variables (a project-level --variable wins over the file's, as in GitLab):
+    this machine's cache, hard links instead of copies."""
+    return [f"--variable=UV_CACHE_DIR={uv_cache_dir()}", "--variable=UV_LINK_MODE=hardlink"] if UV else []
+
+
 def layered_venv(path: Path) -> Path:
-    """A venv that sees this one's packages, pip and setuptools included (so nothing is downloaded), but installs
-    into its own site-packages: the job's `pip install -e .` must not repoint this run's `stages` elsewhere."""
+    """A venv of this run's python for a job's `uv sync --frozen` (UV_PROJECT_ENVIRONMENT, as /opt/venv in the
+    runner image): it installs into its own site-packages, so it never repoints this run's `stages` elsewhere.
+    It also sees this venv's packages, for whatever runs before the sync."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -214,15 +315,15 @@ def gcl(
     timeout: int = 300,
 ) -> subprocess.CompletedProcess:
     """Run gitlab-ci-local in ``project``; jobs that install the project get ``job_bin`` (a layered_venv) first
-    on PATH and build it with that venv's setuptools, so nothing is downloaded."""
+    on PATH and as the environment that `uv sync` fills, from uv's cache, offline."""
     full_env = gcl_env()
     if job_bin is not None:
         full_env["PATH"] = f"{job_bin}{os.pathsep}{full_env['PATH']}"
-        full_env["PIP_NO_BUILD_ISOLATION"] = "0"
+        full_env["UV_PROJECT_ENVIRONMENT"] = str(job_bin.parent)
     full_env.update(env or {})
     return subprocess.run(
-        [GITLAB_CI_LOCAL, "--no-color", *args], cwd=project, env=full_env, capture_output=True, text=True,
-        timeout=timeout,
+        [GITLAB_CI_LOCAL, "--no-color", *uv_variables(), *args], cwd=project, env=full_env, capture_output=True,
+        text=True, timeout=timeout,
     )  # fmt: skip
 
 
@@ -281,7 +382,7 @@ def test_gitlab_ci_local_runs_the_test_job(tmp_path):
     result = gcl(passing, "--force-shell-executor", "test", job_bin=job_bin)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
-    assert "$ python -m pip install -q -e '.[dev]'" in log and "$ python -m pytest" in log, log
+    assert "$ uv sync --frozen --extra dev" in log and "$ uv run --frozen python -m pytest" in log, log
     assert re.search(r"test > =+ 1 passed", log), log
     assert "test finished" in log and "FAIL" not in log, log
 
