@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import rdkit
 from rdkit import Chem, RDLogger
-from rdkit.Chem import Descriptors, rdFingerprintGenerator, rdMolDescriptors
+from rdkit.Chem import Descriptors, rdFingerprintGenerator
 
 DY = "[Dy]"
-DESCRIPTORS = ("mw", "hbd", "hba")
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -65,42 +67,108 @@ def clean_smiles(smiles: str | None, max_length: int = 1_000) -> tuple[str | Non
     return row["c"][0], row["r"][0]
 
 
+def molecule_hash(cleaned_smiles: str) -> tuple[int, int]:
+    """``(key, check)`` of a cleaned SMILES string, the same on every machine and Python version.
+
+    ``key`` (63 bits) identifies the molecule in every table; ``check`` (32 more bits of the same digest) is kept
+    beside it while featurizing, so two different molecules with one key are detected instead of merged (at
+    BELKA's 98.4M molecules a 63-bit key collision has a probability of about 5e-4; an undetected one 1e-13).
+    """
+    digest = hashlib.blake2b(cleaned_smiles.encode(), digest_size=12).digest()
+    return int.from_bytes(digest[:8], "little") >> 1, int.from_bytes(digest[8:], "little")
+
+
 def molecule_key(cleaned_smiles: str) -> int:
-    """A stable 63-bit key of a cleaned SMILES string (same value on every machine and Python version)."""
-    digest = hashlib.blake2b(cleaned_smiles.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return molecule_hash(cleaned_smiles)[0]
 
 
-def keys_of(values: pl.Series) -> pl.Series:
-    """Stable keys for a string column, hashing each distinct value once."""
+def keys_of(values: pl.Series, check: bool = False) -> pl.DataFrame:
+    """``key`` (and ``check``) for each value of a string column, hashing each distinct value once."""
     uniques = values.unique(maintain_order=True)
+    hashes = [molecule_hash(v) for v in uniques.to_list()]
     mapping = pl.DataFrame(
-        {"value": uniques, "key": [molecule_key(v) for v in uniques.to_list()]},
-        schema={"value": pl.String, "key": pl.Int64},
+        {"value": uniques, "key": [h[0] for h in hashes], "check": [h[1] for h in hashes]},
+        schema={"value": pl.String, "key": pl.Int64, "check": pl.Int64},
     )
-    return values.to_frame("value").join(mapping, on="value", how="left", maintain_order="left")["key"]
+    joined = values.to_frame("value").join(mapping, on="value", how="left", maintain_order="left")
+    return joined.select("key", "check") if check else joined.select("key")
+
+
+@functools.cache
+def descriptor_functions() -> dict[str, Callable[[Chem.Mol], float]]:
+    """RDKit's 2D descriptors by name (``rdkit.Chem.Descriptors``): any of them can be a feature."""
+    return dict(Descriptors._descList)
+
+
+@functools.cache
+def code_version() -> str:
+    """A digest of this module's source: cleaning and features are defined here, so an edit is a new version."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
+    """Everything that shapes a molecule's features (with RDKit's version and this module's code)."""
+
+    descriptors: tuple[str, ...]  # names of RDKit descriptors (``descriptor_functions``)
     fingerprint: bool
     radius: int
     n_bits: int
+    max_smiles_length: int
 
     @property
     def fp_bytes(self) -> int:
         return self.n_bits // 8 if self.fingerprint else 0
+
+    @property
+    def fp_bits(self) -> int:
+        return self.n_bits if self.fingerprint else 0
+
+    def spec(self) -> dict:
+        """The features' identity: recorded by featurize and by the model, compared before scoring."""
+        return {
+            "descriptors": list(self.descriptors),
+            "fingerprint": {"enabled": self.fingerprint, "radius": self.radius, "n_bits": self.n_bits},
+            "max_smiles_length": self.max_smiles_length,
+            "rdkit": rdkit.__version__,
+            "code": code_version(),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> FeatureConfig:
+        fp = spec["fingerprint"]
+        return cls(
+            tuple(spec["descriptors"]), fp["enabled"], fp["radius"], fp["n_bits"], spec["max_smiles_length"]
+        )
+
+
+def spec_differences(have: dict, want: dict, prefix: str = "") -> list[str]:
+    """The keys where two feature specs differ, as ``key: have != want``."""
+    out = []
+    for key in sorted(set(have) | set(want)):
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += spec_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} != {b!r}")
+    return out
 
 
 @dataclass
 class FeatureBatch:
     """Features of a list of molecules, in order; rows with a reject reason have zeros elsewhere."""
 
-    mw: np.ndarray
-    hbd: np.ndarray
-    hba: np.ndarray
+    descriptors: np.ndarray  # float64 (n, len(config.descriptors)); NaN where RDKit gives no finite value
     fp: np.ndarray  # uint8 (n, n_bits / 8), bit-packed Morgan fingerprint
     reasons: list[str | None]
+
+    @classmethod
+    def concat(cls, parts: list[FeatureBatch]) -> FeatureBatch:
+        return cls(
+            descriptors=np.concatenate([p.descriptors for p in parts]),
+            fp=np.concatenate([p.fp for p in parts]),
+            reasons=[r for p in parts for r in p.reasons],
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,11 +188,13 @@ def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
 
 
 def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
-    """RDKit features for cleaned SMILES strings: MW, H-bond donors and acceptors, packed Morgan bits."""
+    """RDKit features of cleaned SMILES strings: the configured descriptors and packed Morgan bits.
+
+    A pure function of its arguments (strings in, arrays out), so it runs unchanged in a worker process.
+    """
     n = len(cleaned)
-    mw = np.zeros(n, dtype=np.float64)
-    hbd = np.zeros(n, dtype=np.int16)
-    hba = np.zeros(n, dtype=np.int16)
+    functions = [descriptor_functions()[name] for name in config.descriptors]
+    descriptors = np.zeros((n, len(functions)), dtype=np.float64)
     fp = np.zeros((n, config.fp_bytes), dtype=np.uint8)
     reasons: list[str | None] = [None] * n
     generator = _morgan(config.radius, config.n_bits) if config.fingerprint else None
@@ -134,16 +204,11 @@ def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
             reasons[i] = reason
             continue
         try:
-            mw[i] = Descriptors.MolWt(mol)
-            hbd[i] = rdMolDescriptors.CalcNumHBD(mol)
-            hba[i] = rdMolDescriptors.CalcNumHBA(mol)
+            descriptors[i] = [function(mol) for function in functions]
             if generator is not None:
                 fp[i] = np.packbits(generator.GetFingerprintAsNumPy(mol))
         except Exception as exc:
+            descriptors[i], fp[i] = 0.0, 0
             reasons[i] = f"RDKit could not compute features ({type(exc).__name__})"
-    return FeatureBatch(mw=mw, hbd=hbd, hba=hba, fp=fp, reasons=reasons)
-
-
-def unpack_fingerprints(packed: np.ndarray, n_bits: int) -> np.ndarray:
-    """Bit-packed fingerprints (n, n_bits / 8) to a 0/1 float32 matrix (n, n_bits)."""
-    return np.unpackbits(packed, axis=1, count=n_bits).astype(np.float32)
+    descriptors[~np.isfinite(descriptors)] = np.nan  # the scaler and XGBoost treat NaN as missing
+    return FeatureBatch(descriptors=descriptors, fp=fp, reasons=reasons)

@@ -19,7 +19,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from stages.chem import DESCRIPTORS, unpack_fingerprints
 from stages.io import InputError, list_shards
 
 log = logging.getLogger("stages.dataset")
@@ -39,9 +38,25 @@ def read_manifest(features_dir: Path) -> dict:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
-def fingerprint_bits(manifest: dict) -> int:
-    fp = manifest["fingerprint"]
-    return fp["n_bits"] if fp["fingerprint"] else 0
+def feature_spec(manifest: dict, source: Path) -> dict:
+    """The spec of the features (``chem.FeatureConfig.spec``) a featurize output was made with."""
+    spec = manifest.get("features")
+    if not isinstance(spec, dict) or "descriptors" not in spec:
+        raise InputError(f"{source}: manifest.json has no feature spec (made by an older version: dvc repro)")
+    return spec
+
+
+def unpack_fingerprints(packed: np.ndarray, n_bits: int) -> np.ndarray:
+    """Bit-packed fingerprints (n, n_bits / 8) to a 0/1 float32 matrix (n, n_bits)."""
+    return np.unpackbits(packed, axis=1, count=n_bits).astype(np.float32)
+
+
+def in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """True where a value is one of ``sorted_keys``."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[pos] == values
 
 
 def binary_matrix(column: pl.Series, width: int) -> np.ndarray:
@@ -116,7 +131,7 @@ class PartCache:
 
 @dataclass
 class MoleculePart:
-    descriptors: np.ndarray  # float64 (m, len(DESCRIPTORS))
+    descriptors: np.ndarray  # float64 (m, number of descriptors)
     fingerprints: np.ndarray  # uint8 (m, n_bits / 8)
 
 
@@ -126,7 +141,10 @@ class MoleculeStore:
     def __init__(self, features_dir: Path, keep_parts: int = 8) -> None:
         self.directory = Path(features_dir)
         self.manifest = read_manifest(self.directory)
-        self.n_bits = fingerprint_bits(self.manifest)
+        self.spec = feature_spec(self.manifest, self.directory)
+        self.descriptors = list(self.spec["descriptors"])
+        fp = self.spec["fingerprint"]
+        self.n_bits = fp["n_bits"] if fp["enabled"] else 0
         self.parts = list_shards(self.directory / "molecules")
         self.index = PartIndex(self.parts)
         self.cache = PartCache(self._load, keep_parts)
@@ -134,7 +152,7 @@ class MoleculeStore:
     def _load(self, number: int) -> MoleculePart:
         frame = pl.read_parquet(self.parts[number])
         return MoleculePart(
-            descriptors=frame.select(DESCRIPTORS).to_numpy().astype(np.float64),
+            descriptors=frame.select(self.descriptors).to_numpy().astype(np.float64),
             fingerprints=binary_matrix(frame["fp"], self.n_bits // 8)
             if self.n_bits
             else np.zeros((len(frame), 0)),
@@ -147,7 +165,7 @@ class MoleculeStore:
             raise InputError(
                 f"{self.directory}: {int((~found).sum())} row(s) refer to molecules missing from molecules/"
             )
-        descriptors = np.empty((len(keys), len(DESCRIPTORS)), dtype=np.float64)
+        descriptors = np.empty((len(keys), len(self.descriptors)), dtype=np.float64)
         fingerprints = np.empty((len(keys), self.n_bits // 8), dtype=np.uint8)
         for number in np.unique(owner):
             mask = owner == number

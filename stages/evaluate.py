@@ -2,10 +2,16 @@
 
 Kaggle's score is the plain mean of ``average_precision_score`` over (protein, building-block group) pairs, where
 the group says whether all of a molecule's building blocks were seen in training (``share``) or not
-(``non_share``). A pair with no positive rows has no average precision and is left out (and counted).
+(``non_share``). A pair with no positive rows has no average precision and is left out (the summary counts it).
 
-Writes ``metrics/evaluate.json`` (score, AP and ROC AUC per protein and per pair, row counts, positive rates) and
-PR and ROC curve data per protein under ``metrics/plots/`` for ``dvc plots``.
+Writes:
+
+- ``--metrics`` (``metrics/evaluate.json``): only figures worth comparing across experiments: ``score`` (the mean
+  over the pairs), ``share`` and ``non_share`` (the mean over the proteins of that group), AP and ROC AUC per
+  protein, AP per pair.
+- ``--summary``: row counts, positives and positive rates per protein and pair (not declared as metrics).
+- ``--plots``: PR and ROC curves per (protein, group) (``pr.csv``, ``roc.csv``) and the model's most important
+  features by gain (``importance.csv``), for ``dvc plots``.
 """
 
 from __future__ import annotations
@@ -18,18 +24,16 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from stages.dataset import BB_KEYS, MoleculeStore, count_rows, iter_row_batches
-from stages.io import BINDS, PROTEIN, Progress, atomic_dir, run_main, setup_logging, write_csv, write_json
-from stages.model import MODEL_DIR, load_model
+from stages.cli import progress, run_main, setup_logging
+from stages.dataset import BB_KEYS, MoleculeStore, count_rows, in_sorted, iter_row_batches
+from stages.io import BINDS, PROTEIN, atomic_dir, write_csv, write_json
+from stages.model import Model, load_model
 from stages.params import Evaluate, load_params
-from stages.split import SPLIT_DIR
 
 log = logging.getLogger("stages.evaluate")
 
-FEATURES_DIR = Path("data/features/train")
-METRICS_FILE = Path("metrics/evaluate.json")
-PLOTS_DIR = Path("metrics/plots")
 GROUPS = ("share", "non_share")
+SCORE_ROWS = 200_000  # rows scored at a time (memory only)
 
 
 def seen_building_blocks(rows_dir: Path) -> np.ndarray:
@@ -45,9 +49,7 @@ def building_block_group(rows: pl.DataFrame, seen: np.ndarray) -> np.ndarray:
     """``share`` where all three building blocks were seen in training, else ``non_share``."""
     shared = np.ones(len(rows), dtype=bool)
     for column in BB_KEYS:
-        values = rows[column].to_numpy()
-        pos = np.minimum(np.searchsorted(seen, values), max(len(seen) - 1, 0))
-        shared &= (seen[pos] == values) if len(seen) else False
+        shared &= in_sorted(rows[column].to_numpy(), seen)
     return np.where(shared, GROUPS[0], GROUPS[1])
 
 
@@ -59,37 +61,56 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
-def score_predictions(frame: pl.DataFrame) -> dict:
-    """Metrics from a frame of protein_name, group, binds, prob."""
-    labels, scores = frame[BINDS].to_numpy(), frame["prob"].to_numpy()
-    metrics: dict = {
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _parts(frame: pl.DataFrame, by: list[str]) -> list[tuple[tuple, np.ndarray, np.ndarray]]:
+    """(group values, labels, scores) for each group of ``frame``, in sorted order."""
+    return [
+        (key, part[BINDS].to_numpy(), part["prob"].to_numpy())
+        for key, part in sorted(frame.group_by(by), key=lambda item: item[0])
+    ]
+
+
+def score_predictions(frame: pl.DataFrame) -> tuple[dict, dict]:
+    """(metrics, summary) from a frame of protein_name, group, binds, prob.
+
+    Metrics hold only comparable figures (None where undefined: a pair or protein without positives); the
+    summary holds counts and rates.
+    """
+    pair_ap: dict[tuple[str, str], float | None] = {}
+    summary: dict = {
         "rows": len(frame),
-        "positives": int(labels.sum()),
-        "positive_rate": float(labels.mean()) if len(frame) else 0.0,
-        "ap": _ap(labels, scores),
-        "roc_auc": _auc(labels, scores),
-        "by_protein": {},
-        "by_group": {},
+        "positives": int(frame[BINDS].sum() or 0),
+        "pairs": {},
+        "proteins": {},
     }
-    pair_aps = []
-    for (protein,), part in sorted(frame.group_by([PROTEIN]), key=lambda item: item[0]):
-        y, p = part[BINDS].to_numpy(), part["prob"].to_numpy()
-        metrics["by_protein"][protein] = {
-            "rows": len(part),
+    for (protein, group), y, p in _parts(frame, [PROTEIN, "group"]):
+        pair_ap[protein, group] = _ap(y, p)
+        summary["pairs"][f"{protein}/{group}"] = {
+            "rows": len(y),
+            "positives": int(y.sum()),
             "positive_rate": float(y.mean()),
-            "ap": _ap(y, p),
-            "roc_auc": _auc(y, p),
         }
-    for (protein, group), part in sorted(frame.group_by([PROTEIN, "group"]), key=lambda item: item[0]):
-        y, p = part[BINDS].to_numpy(), part["prob"].to_numpy()
-        ap = _ap(y, p)
-        metrics["by_group"][f"{protein}/{group}"] = {"rows": len(part), "positives": int(y.sum()), "ap": ap}
-        if ap is not None:
-            pair_aps.append(ap)
-    metrics["score"] = float(np.mean(pair_aps)) if pair_aps else None
-    metrics["pairs_scored"] = len(pair_aps)
-    metrics["pairs_without_positives"] = len(metrics["by_group"]) - len(pair_aps)
-    return metrics
+    metrics: dict = {
+        "score": _mean(list(pair_ap.values())),
+        **{group: _mean([ap for (_, g), ap in pair_ap.items() if g == group]) for group in GROUPS},
+    }
+    for (protein,), y, p in _parts(frame, [PROTEIN]):
+        metrics[f"ap_{protein}"] = _ap(y, p)
+        metrics[f"roc_auc_{protein}"] = _auc(y, p)
+        summary["proteins"][protein] = {
+            "rows": len(y),
+            "positives": int(y.sum()),
+            "positive_rate": float(y.mean()),
+        }
+    for (protein, group), ap in pair_ap.items():
+        metrics[f"ap_{protein}_{group}"] = ap
+    summary["pairs_scored"] = sum(ap is not None for ap in pair_ap.values())
+    summary["pairs_without_positives"] = sorted(f"{p}/{g}" for (p, g), ap in pair_ap.items() if ap is None)
+    return {k: v for k, v in metrics.items() if v is not None}, summary
 
 
 def curve_points(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,29 +122,50 @@ def curve_points(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.n
 
 
 def curves(frame: pl.DataFrame, n_points: int) -> dict[str, pl.DataFrame]:
-    out = {}
-    for (protein,), part in sorted(frame.group_by([PROTEIN]), key=lambda item: item[0]):
-        y, p = part[BINDS].to_numpy(), part["prob"].to_numpy()
+    """PR and ROC curves of each (protein, group) pair that has positives and negatives, as long tables with
+    ``protein`` and ``group`` columns (the plot colours by protein and puts the groups apart)."""
+    pr, roc = [], []
+    for (protein, group), y, p in _parts(frame, [PROTEIN, "group"]):
         if not 0 < y.sum() < len(y):
             continue
         precision, recall, _ = precision_recall_curve(y, p)
         recall, precision = curve_points(recall[::-1], precision[::-1], n_points)
-        out[f"pr_{protein}"] = pl.DataFrame({"recall": recall, "precision": precision})
+        pr.append(_curve(protein, group, {"recall": recall, "precision": precision}))
         fpr, tpr, _ = roc_curve(y, p)
         fpr, tpr = curve_points(fpr, tpr, n_points)
-        out[f"roc_{protein}"] = pl.DataFrame({"fpr": fpr, "tpr": tpr})
-    return out
+        roc.append(_curve(protein, group, {"fpr": fpr, "tpr": tpr}))
+    return {"pr": pl.concat(pr) if pr else None, "roc": pl.concat(roc) if roc else None}
 
 
-def predict_valid(split_dir: Path, features_dir: Path, model_dir: Path, batch_rows: int) -> pl.DataFrame:
-    model = load_model(model_dir)
+def _curve(protein: str, group: str, columns: dict[str, np.ndarray]) -> pl.DataFrame:
+    n = len(next(iter(columns.values())))
+    return pl.DataFrame({"protein": [protein] * n, "group": [group] * n, "point": np.arange(n), **columns})
+
+
+def feature_importance(model: Model, top: int) -> pl.DataFrame:
+    """The ``top`` features by total gain in the trained model, named as in the design matrix."""
+    names = model.manifest["feature_names"]
+    gains = model.booster.get_score(
+        importance_type="total_gain"
+    )  # keys f0, f1, ... (no names in the booster)
+    frame = pl.DataFrame(
+        {
+            "feature": [names[int(key[1:])] for key in gains],
+            "gain": [float(value) for value in gains.values()],
+        },
+        schema={"feature": pl.String, "gain": pl.Float64},
+    )
+    return frame.sort(["gain", "feature"], descending=[True, False]).head(top)
+
+
+def predict_valid(split_dir: Path, features_dir: Path, model: Model) -> pl.DataFrame:
     store = MoleculeStore(features_dir)
     model.check_features(store)
     seen = seen_building_blocks(split_dir / "train")
     valid_dir = split_dir / "valid"
-    progress = Progress("evaluate", count_rows(valid_dir))
+    bar = progress("evaluate", count_rows(valid_dir))
     parts = []
-    for rows in iter_row_batches(valid_dir, batch_rows):
+    for rows in iter_row_batches(valid_dir, SCORE_ROWS):
         model.check_proteins(rows[PROTEIN], str(valid_dir))
         parts.append(
             pl.DataFrame(
@@ -135,18 +177,22 @@ def predict_valid(split_dir: Path, features_dir: Path, model_dir: Path, batch_ro
                 }
             )
         )
-        progress.update(len(rows))
-    progress.finish()
+        bar.update(len(rows))
+    bar.close()
     return pl.concat(parts)
 
 
 def evaluate(params: Evaluate, split_dir: Path, features_dir: Path, model_dir: Path, metrics_file: Path,
-             plots_dir: Path, batch_rows: int = 200_000) -> dict:  # fmt: skip
-    frame = predict_valid(split_dir, features_dir, model_dir, batch_rows)
-    metrics = score_predictions(frame)
+             summary_file: Path, plots_dir: Path) -> dict:  # fmt: skip
+    model = load_model(model_dir)
+    frame = predict_valid(split_dir, features_dir, model)
+    metrics, summary = score_predictions(frame)
     with atomic_dir(plots_dir) as tmp:
         for name, curve in curves(frame, params.curve_points).items():
-            write_csv(curve, tmp / f"{name}.csv")
+            if curve is not None:
+                write_csv(curve, tmp / f"{name}.csv")
+        write_csv(feature_importance(model, params.top_features), tmp / "importance.csv")
+    write_json(summary_file, summary)
     write_json(metrics_file, metrics)
     return metrics
 
@@ -154,19 +200,24 @@ def evaluate(params: Evaluate, split_dir: Path, features_dir: Path, model_dir: P
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--split", type=Path, default=SPLIT_DIR)
-    parser.add_argument("--features", type=Path, default=FEATURES_DIR)
-    parser.add_argument("--models", type=Path, default=MODEL_DIR)
-    parser.add_argument("--metrics", type=Path, default=METRICS_FILE)
-    parser.add_argument("--plots", type=Path, default=PLOTS_DIR)
+    parser.add_argument("--split", type=Path, required=True, help="split output (train and valid rows)")
+    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON of comparable figures")
+    parser.add_argument("--summary", type=Path, required=True, help="JSON of counts and positive rates")
+    parser.add_argument("--plots", type=Path, required=True, help="directory of plot data")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     def body() -> None:
         params = load_params(args.params).evaluate
-        metrics = evaluate(params, args.split, args.features, args.models, args.metrics, args.plots)
-        log.info("score (mean AP over protein x building-block group) %s", metrics["score"])
+        metrics = evaluate(
+            params, args.split, args.features, args.models, args.metrics, args.summary, args.plots
+        )
+        log.info(
+            "score %s (share %s, non_share %s)", *(metrics.get(k) for k in ("score", "share", "non_share"))
+        )
 
     return run_main(body)
 

@@ -27,14 +27,15 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import rdkit
 
 from stages import chem
+from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, PartCache, PartIndex
 from stages.io import (
     BB_COLUMNS,
@@ -43,13 +44,10 @@ from stages.io import (
     PROTEIN,
     SMILES,
     InputError,
-    Progress,
     atomic_dir,
     iter_raw_batches,
     raw_columns,
     raw_row_count,
-    run_main,
-    setup_logging,
     shard_name,
     write_csv,
     write_json,
@@ -67,59 +65,107 @@ ROW_SCHEMA = {
     **dict.fromkeys(BB_KEYS, pl.Int64),
 }
 REJECT_SCHEMA = {ID: pl.Int64, PROTEIN: pl.String, SMILES: pl.String, "reason": pl.String}
-FEATURES_VERSION = 1
+CHECK = "check"  # 32 more bits of the molecule's hash, to detect two molecules with one key
+CACHE_FORMAT = 2
+
+
+class KeyCollisionError(InputError):
+    """Two different molecules have the same 63-bit key: stop rather than merge their features."""
 
 
 def feature_config(params: Params) -> chem.FeatureConfig:
-    fp = params.featurize.fingerprint
-    return chem.FeatureConfig(fingerprint=fp.enabled, radius=fp.radius, n_bits=fp.n_bits)
+    settings = params.featurize
+    return chem.FeatureConfig(
+        descriptors=tuple(settings.descriptors),
+        fingerprint=settings.fingerprint.enabled,
+        radius=settings.fingerprint.radius,
+        n_bits=settings.fingerprint.n_bits,
+        max_smiles_length=settings.max_smiles_length,
+    )
 
 
 def molecule_schema(config: chem.FeatureConfig) -> dict[str, pl.DataType]:
-    schema = {KEY: pl.Int64, "mw": pl.Float64, "hbd": pl.Int16, "hba": pl.Int16}
+    schema: dict[str, pl.DataType] = {KEY: pl.Int64}
+    schema.update(dict.fromkeys(config.descriptors, pl.Float64))
     if config.fingerprint:
         schema["fp"] = pl.Binary
     return schema
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to featurize one file: what shapes the output (``config``, ``batch_rows``) and what does not."""
+
+    config: chem.FeatureConfig
+    batch_rows: int
+    max_reject_fraction: float = 1.0
+    workers: int = 1
+    cache_dir: Path | None = None  # None: no feature cache
+
+
+def options(params: Params, cache_dir: Path | None = None) -> Options:
+    return Options(
+        config=feature_config(params),
+        batch_rows=params.featurize.batch_rows,
+        max_reject_fraction=params.featurize.max_reject_fraction,
+        workers=workers(params),
+        cache_dir=Path(cache_dir or params.resources.feature_cache),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
 
 
 class KeySet:
-    """A growing set of int64 keys in sorted numpy arrays: 8 bytes a key, vectorised membership tests."""
+    """A growing set of int64 keys, each with an int64 value, in sorted numpy arrays: vectorised look-ups,
+    16 bytes a key. Featurize keeps each molecule's check hash as its value; duplicate ids need no value."""
 
     def __init__(self) -> None:
         self.main = np.empty(0, dtype=np.int64)
-        self.recent: list[np.ndarray] = []
+        self.main_values = np.empty(0, dtype=np.int64)
+        self.recent: list[tuple[np.ndarray, np.ndarray]] = []
         self.recent_size = 0
 
     def __len__(self) -> int:
         return len(self.main) + self.recent_size
 
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        found = _isin_sorted(keys, self.main)
-        for block in self.recent:
-            found |= _isin_sorted(keys, block)
-        return found
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, value of each found key; 0 where not found)."""
+        found, values = _find_sorted(keys, self.main, self.main_values)
+        for block_keys, block_values in self.recent:
+            more, more_values = _find_sorted(keys, block_keys, block_values)
+            values = np.where(more, more_values, values)
+            found |= more
+        return found, values
 
-    def add(self, keys: np.ndarray) -> None:
-        """Add keys that are not in the set yet (callers filter with ``contains`` first): no deduplication, so a
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self.lookup(keys)[0]
+
+    def add(self, keys: np.ndarray, values: np.ndarray | None = None) -> None:
+        """Add keys that are not in the set yet (callers filter with ``lookup`` first): no deduplication, so a
         merge costs one sorted copy, not the three temporaries of ``np.union1d``."""
         if len(keys) == 0:
             return
-        self.recent.append(np.sort(keys))
+        values = np.zeros(len(keys), dtype=np.int64) if values is None else np.asarray(values, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.recent.append((keys[order], values[order]))
         self.recent_size += len(keys)
         if len(self.recent) > 16 or self.recent_size > max(1 << 20, len(self.main) // 4):
-            self.main = np.concatenate([self.main, *self.recent])  # the old arrays go before the sort
+            keys = np.concatenate([self.main, *(k for k, _ in self.recent)])
+            values = np.concatenate([self.main_values, *(v for _, v in self.recent)])
             self.recent, self.recent_size = [], 0
-            self.main.sort()
+            order = np.argsort(keys, kind="stable")
+            self.main, self.main_values = keys[order], values[order]
 
 
-def _isin_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+def _find_sorted(
+    keys: np.ndarray, sorted_keys: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
+        return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
     pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
+    found = sorted_keys[pos] == keys
+    return found, np.where(found, values[pos], 0)
 
 
 def check_batch(batch: pl.DataFrame, source: str, needs_binds: bool) -> None:
@@ -172,16 +218,43 @@ class DuplicateIds:
 
 
 def clean_batch(batch: pl.DataFrame, max_length: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split a raw batch into (valid rows with ``cleaned`` SMILES and keys, rejected rows with a reason)."""
+    """Split a raw batch into (valid rows with ``cleaned`` SMILES, keys and check hashes, rejected rows with a
+    reason)."""
     cleaned, reason = chem.clean_smiles_expr(pl.col(SMILES), max_length)
     batch = batch.with_columns(cleaned.alias("cleaned"), reason.alias("reason"))
     rejects = batch.filter(pl.col("reason").is_not_null()).select(list(REJECT_SCHEMA))
     valid = batch.filter(pl.col("reason").is_null()).drop("reason")
+    hashes = chem.keys_of(valid["cleaned"], check=True)
     valid = valid.with_columns(
-        chem.keys_of(valid["cleaned"]).alias(KEY),
-        *(chem.keys_of(valid[bb]).alias(k) for bb, k in zip(BB_COLUMNS, BB_KEYS, strict=True)),
+        hashes["key"].alias(KEY),
+        hashes["check"].alias(CHECK),
+        *(chem.keys_of(valid[bb])["key"].alias(k) for bb, k in zip(BB_COLUMNS, BB_KEYS, strict=True)),
     )
     return valid, rejects
+
+
+def new_molecules(valid: pl.DataFrame, seen: KeySet) -> pl.DataFrame:
+    """The molecules of a batch not seen in earlier batches (key, check, cleaned), in order of first appearance,
+    added to ``seen``. Two different molecules with one key, in this batch or against an earlier one, raise."""
+    unique = valid.select(KEY, CHECK, "cleaned").unique("cleaned", keep="first", maintain_order=True)
+    clash = unique.filter(pl.col(KEY).is_duplicated())
+    if len(clash):
+        _collision(clash[KEY][0], clash["cleaned"][0], f"and {clash['cleaned'][1]!r} in the same batch")
+    found, checks = seen.lookup(unique[KEY].to_numpy())
+    clash_mask = found & (checks != unique[CHECK].to_numpy())
+    if clash_mask.any():
+        row = unique.filter(pl.Series(clash_mask)).row(0, named=True)
+        _collision(row[KEY], row["cleaned"], "and a different molecule seen in an earlier batch")
+    unique = unique.filter(pl.Series(~found))
+    seen.add(unique[KEY].to_numpy(), unique[CHECK].to_numpy())
+    return unique
+
+
+def _collision(key: int, smiles: str, other: str) -> None:
+    raise KeyCollisionError(
+        f"molecule_key {key} is the 63-bit hash of {smiles!r} {other}: two molecules cannot share a key, so the "
+        "run stops instead of merging their features (a 1-in-2,000 event at full BELKA's size; report it)"
+    )
 
 
 def row_frame(valid: pl.DataFrame) -> pl.DataFrame:
@@ -191,55 +264,72 @@ def row_frame(valid: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def feature_frame(keys: np.ndarray, batch: chem.FeatureBatch, config: chem.FeatureConfig) -> pl.DataFrame:
-    columns = {KEY: keys, "mw": batch.mw, "hbd": batch.hbd, "hba": batch.hba}
+def feature_frame(
+    molecules: pl.DataFrame, batch: chem.FeatureBatch, config: chem.FeatureConfig
+) -> pl.DataFrame:
+    """Computed features of ``molecules`` (key, check) as a table: key, check, descriptors, fp, reason."""
+    columns: dict[str, object] = {KEY: molecules[KEY], CHECK: molecules[CHECK]}
+    for i, name in enumerate(config.descriptors):
+        columns[name] = batch.descriptors[:, i]
     if config.fingerprint:
         columns["fp"] = [row.tobytes() for row in batch.fp]
-    frame = pl.DataFrame(columns, schema=molecule_schema(config))
+    frame = pl.DataFrame(columns, schema={**molecule_schema(config), CHECK: pl.Int64})
     return frame.with_columns(pl.Series("reason", batch.reasons, dtype=pl.String))
 
 
 # ---------------------------------------------------------------------------------------------- the cache
 
 
-def cache_namespace(config: chem.FeatureConfig, max_length: int) -> str:
-    """Features depend on the configuration, RDKit's version and the chemistry code: all go in the key."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([FEATURES_VERSION, config.__dict__, max_length, rdkit.__version__]).encode())
-    digest.update(Path(chem.__file__).read_bytes())
-    return digest.hexdigest()[:16]
+def cache_namespace(config: chem.FeatureConfig) -> str:
+    """Features depend on the configuration, RDKit's version and the chemistry code: the spec holds all three."""
+    spec = json.dumps([CACHE_FORMAT, config.spec()], sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 class FeatureCache:
-    """Immutable parquet parts of computed molecule features (key, features, reason), content-addressed.
+    """Immutable parquet parts of computed molecule features (key, check, features, reason), content-addressed.
 
     What the cache held at start is indexed (16 bytes a molecule); a part is read when one of its molecules is
-    needed, and the last few read are kept. A damaged part is ignored: its molecules are computed again.
+    needed, and the last few read are kept. A damaged part is ignored: its molecules are computed again. Parts are
+    written atomically under unique temporary names, so runs sharing the cache never see or remove each other's
+    unfinished files.
     """
 
-    def __init__(self, directory: Path, schema: dict[str, pl.DataType], keep_parts: int = 4) -> None:
+    def __init__(self, directory: Path | None, schema: dict[str, pl.DataType], keep_parts: int = 4) -> None:
         self.directory = directory
-        self.schema = {**schema, "reason": pl.String}
-        self.parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+        self.schema = {**schema, CHECK: pl.Int64, "reason": pl.String}
+        self.parts = sorted(directory.glob("part-*.parquet")) if directory and directory.is_dir() else []
         self.index = PartIndex(self.parts, skip_unreadable=True)
         self.cache = PartCache(
-            lambda number: pl.read_parquet(self.parts[number]).cast(self.schema), keep_parts
+            lambda number: pl.read_parquet(self.parts[number]).select(list(self.schema)).cast(self.schema),
+            keep_parts,
         )
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def lookup(self, keys: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
-        """Features of the cached ones among ``keys`` (grouped by part) and a mask of which were cached."""
-        found, owner, row = self.index.locate(keys)
+    def lookup(self, molecules: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+        """Features of the cached ones among ``molecules`` (key, check) and a mask of which were cached. A cached
+        entry whose check differs is another molecule with the same key: not used."""
+        found, owner, row = self.index.locate(molecules[KEY].to_numpy())
         frames = [
             self.cache.get(int(number))[row[found & (owner == number)]] for number in np.unique(owner[found])
         ]
         frame = pl.concat(frames) if frames else pl.DataFrame(schema=self.schema)
+        if len(frame):
+            wanted = molecules.filter(pl.Series(found)).select(KEY, CHECK)
+            same = frame.join(wanted, on=[KEY, CHECK], how="semi")
+            if len(same) < len(frame):
+                log.warning(
+                    "%d cached molecule(s) share a key with another molecule; computing them",
+                    len(frame) - len(same),
+                )
+                found &= np.isin(molecules[KEY].to_numpy(), same[KEY].to_numpy())
+            frame = same
         return frame, found
 
     def add(self, frame: pl.DataFrame) -> None:
-        if len(frame) == 0:
+        if len(frame) == 0 or self.directory is None:
             return
         digest = hashlib.sha256(frame[KEY].to_numpy().tobytes()).hexdigest()[:24]
         path = self.directory / f"part-{digest}.parquet"
@@ -271,18 +361,7 @@ class FeatureWorkers:
             self.executor.submit(chem.featurize_smiles, cleaned[i : i + size], self.config)
             for i in range(0, len(cleaned), size)
         ]
-
-        def result() -> chem.FeatureBatch:
-            parts = [future.result() for future in futures]
-            return chem.FeatureBatch(
-                mw=np.concatenate([p.mw for p in parts]),
-                hbd=np.concatenate([p.hbd for p in parts]),
-                hba=np.concatenate([p.hba for p in parts]),
-                fp=np.concatenate([p.fp for p in parts]),
-                reasons=[r for p in parts for r in p.reasons],
-            )
-
-        return result
+        return lambda: chem.FeatureBatch.concat([future.result() for future in futures])
 
     def close(self) -> None:
         if self.executor is not None:
@@ -290,6 +369,16 @@ class FeatureWorkers:
 
 
 # ---------------------------------------------------------------------------------------------- the run
+
+
+class Counts(dict):
+    """What a run did. ``unique`` molecules = ``reused`` + ``computed``; of them ``rejected_molecules`` failed in
+    RDKit and the rest (``molecules``) are written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            rows=0, rejected_rows=0, unique=0, reused=0, computed=0, rejected_molecules=0, molecules=0
+        )
 
 
 def featurize_file(
@@ -300,17 +389,21 @@ def featurize_file(
     needs_binds: bool,
     cache_dir: Path | None = None,
 ) -> dict:
-    settings = params.featurize
-    config = feature_config(params)
-    schema = molecule_schema(config)
-    namespace = cache_namespace(config, settings.max_smiles_length)
-    cache = FeatureCache(Path(cache_dir or params.resources.feature_cache) / namespace, schema)
-    pool = FeatureWorkers(workers(params), config)
+    """Featurize a BELKA-format file with the settings of ``params`` (see :func:`featurize`)."""
+    return featurize(source, output, rejects_path, options(params, cache_dir), needs_binds)
+
+
+def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, needs_binds: bool) -> dict:
+    config = opts.config
+    cache_dir = opts.cache_dir / cache_namespace(config) if opts.cache_dir else None
+    cache = FeatureCache(cache_dir, molecule_schema(config))
+    pool = FeatureWorkers(opts.workers, config)
     seen = KeySet()
     duplicates = DuplicateIds(str(source))
-    counts = {"rows": 0, "molecules": 0, "rejected_rows": 0, "reused": 0, "computed": 0}
+    counts = Counts()
+    rejected_molecules = pl.DataFrame(schema={KEY: pl.Int64, "reason": pl.String})
     all_rejects: list[pl.DataFrame] = []
-    progress = Progress(f"featurize {source}", raw_row_count(source))
+    bar = progress(f"featurize {source}", raw_row_count(source))
     try:
         with atomic_dir(output) as tmp:
             (tmp / "rows").mkdir()
@@ -318,11 +411,16 @@ def featurize_file(
             pending = None  # the batch whose molecules the pool is computing
 
             def finish(number: int, n_rows: int, valid: pl.DataFrame, rejects: pl.DataFrame, job) -> None:
-                molecules, chem_rejects = _finish_molecules(job, cache, config, counts)
-                if chem_rejects is not None:
-                    bad = valid.join(chem_rejects, on=KEY, how="semi")
-                    rejects = pl.concat([rejects, _reject_rows(bad, chem_rejects)])
-                    valid = valid.join(chem_rejects, on=KEY, how="anti")
+                nonlocal rejected_molecules
+                molecules, failed = _finish_molecules(job, cache, config, counts)
+                if len(failed):
+                    rejected_molecules = pl.concat([rejected_molecules, failed])
+                # Every row of a molecule RDKit rejected, in this batch or an earlier one: a molecule's rows can
+                # fall on both sides of a batch boundary.
+                bad = valid.join(rejected_molecules, on=KEY, how="inner")
+                if len(bad):
+                    rejects = pl.concat([rejects, bad.select(list(REJECT_SCHEMA))])
+                    valid = valid.join(rejected_molecules, on=KEY, how="anti")
                 if len(rejects):
                     all_rejects.append(rejects.sort(ID))
                 write_parquet(row_frame(valid), tmp / "rows" / shard_name(number))
@@ -330,13 +428,13 @@ def featurize_file(
                 counts["rows"] += n_rows
                 counts["rejected_rows"] += len(rejects)
                 counts["molecules"] += len(molecules)
-                progress.update(n_rows)
+                bar.update(n_rows)
 
-            for number, batch in enumerate(iter_raw_batches(source, settings.batch_rows, needs_binds)):
+            for number, batch in enumerate(iter_raw_batches(source, opts.batch_rows, needs_binds)):
                 check_batch(batch, str(source), needs_binds)
                 duplicates.check(batch[ID].to_numpy())
-                valid, rejects = clean_batch(batch, settings.max_smiles_length)
-                job = _start_molecules(valid, seen, cache, pool)
+                valid, rejects = clean_batch(batch, config.max_smiles_length)
+                job = _start_molecules(new_molecules(valid, seen), cache, pool)
                 if pending is not None:
                     finish(*pending)  # while the pool computes this batch's molecules
                 pending = (number, len(batch), valid, rejects, job)
@@ -344,73 +442,68 @@ def featurize_file(
                 finish(*pending)
             rejected = pl.concat(all_rejects).sort(ID) if all_rejects else pl.DataFrame(schema=REJECT_SCHEMA)
             write_csv(rejected, rejects_path)
-            fraction = counts["rejected_rows"] / max(counts["rows"], 1)
-            if fraction > settings.max_reject_fraction:
-                reasons = rejected.group_by("reason").len().sort("len", descending=True).head(3)
-                summary = "; ".join(f"{r} ({n})" for r, n in reasons.iter_rows())
-                raise InputError(
-                    f"{source}: {counts['rejected_rows']} of {counts['rows']} rows rejected ({fraction:.2%}), more "
-                    f"than featurize.max_reject_fraction={settings.max_reject_fraction}; see {rejects_path} "
-                    f"(most common: {summary})"
-                )
+            _check_reject_fraction(source, rejects_path, rejected, counts, opts.max_reject_fraction)
             manifest = {
                 "source": str(source),
                 "rows": counts["rows"] - counts["rejected_rows"],
                 "rejected_rows": counts["rejected_rows"],
                 "molecules": counts["molecules"],
-                "fingerprint": config.__dict__,
-                "descriptors": list(chem.DESCRIPTORS),
+                "features": config.spec(),
                 "labelled": needs_binds,
             }
             write_json(tmp / "manifest.json", manifest)
     finally:
         pool.close()
-    progress.finish()
+        bar.close()
     log.info(
-        "%s: %d rows, %d unique molecules: %d reused from the feature cache, %d computed; %d rows rejected",
+        "%s: %d rows, %d unique molecules (%d reused from the feature cache, %d computed); "
+        "%d molecules and %d rows rejected",
         source,
         counts["rows"],
-        counts["molecules"],
+        counts["unique"],
         counts["reused"],
         counts["computed"],
+        counts["rejected_molecules"],
         counts["rejected_rows"],
     )
     return counts
 
 
-def _start_molecules(valid: pl.DataFrame, seen: KeySet, cache: FeatureCache, pool: FeatureWorkers) -> tuple:
-    """Find the molecules first seen in a batch, look them up in the cache, submit the rest to the pool."""
-    unique = valid.select(KEY, "cleaned").unique(KEY, keep="first", maintain_order=True)
-    unique = unique.filter(~pl.Series(seen.contains(unique[KEY].to_numpy())))
-    keys = unique[KEY].to_numpy()
-    seen.add(keys)
-    cached, found = cache.lookup(keys)
-    todo = unique.filter(pl.Series(~found)).select(KEY, "cleaned")
-    return unique.select(KEY), cached, found, todo[KEY].to_numpy(), pool.submit(todo["cleaned"].to_list())
+def _check_reject_fraction(
+    source: Path, rejects_path: Path, rejected: pl.DataFrame, counts: Counts, limit: float
+) -> None:
+    fraction = counts["rejected_rows"] / max(counts["rows"], 1)
+    if fraction > limit:
+        reasons = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False]).head(3)
+        summary = "; ".join(f"{r} ({n})" for r, n in reasons.iter_rows())
+        raise InputError(
+            f"{source}: {counts['rejected_rows']} of {counts['rows']} rows rejected ({fraction:.2%}), more "
+            f"than featurize.max_reject_fraction={limit}; see {rejects_path} (most common: {summary})"
+        )
+
+
+def _start_molecules(unique: pl.DataFrame, cache: FeatureCache, pool: FeatureWorkers) -> tuple:
+    """Look up a batch's new molecules in the cache; submit the rest to the pool."""
+    cached, found = cache.lookup(unique)
+    todo = unique.filter(pl.Series(~found))
+    return unique.select(KEY), cached, found, todo.select(KEY, CHECK), pool.submit(todo["cleaned"].to_list())
 
 
 def _finish_molecules(
-    job: tuple, cache: FeatureCache, config: chem.FeatureConfig, counts: dict[str, int]
-) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Features of the molecules first seen in a batch, in order of first appearance; the rejected ones."""
-    unique, cached, found, todo_keys, result = job
-    computed = feature_frame(todo_keys, result(), config)
+    job: tuple, cache: FeatureCache, config: chem.FeatureConfig, counts: Counts
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Features of the molecules first seen in a batch, in order of first appearance, and the rejected ones."""
+    unique, cached, found, todo, result = job
+    computed = feature_frame(todo, result(), config)
     cache.add(computed)
+    counts["unique"] += len(unique)
     counts["reused"] += int(found.sum())
-    counts["computed"] += len(todo_keys)
+    counts["computed"] += len(todo)
     merged = unique.join(pl.concat([cached, computed]), on=KEY, how="left", maintain_order="left")
     failed = merged.filter(pl.col("reason").is_not_null()).select(KEY, "reason")
-    molecules = merged.filter(pl.col("reason").is_null()).drop("reason")
-    return molecules, (failed if len(failed) else None)
-
-
-def _reject_rows(rows: pl.DataFrame, reasons: pl.DataFrame) -> pl.DataFrame:
-    return rows.join(reasons, on=KEY, how="left").select(list(REJECT_SCHEMA))
-
-
-def default_paths(split: str, params: Params) -> tuple[Path, Path, Path]:
-    source = Path(getattr(params.inputs, split))
-    return source, Path("data/features") / split, Path("data/features") / f"{split}-rejects.csv"
+    counts["rejected_molecules"] += len(failed)
+    molecules = merged.filter(pl.col("reason").is_null()).drop("reason", CHECK)
+    return molecules, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,13 +512,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Featurize a BELKA-format file: clean SMILES, RDKit features once per unique molecule.",
     )
     parser.add_argument(
-        "--split", choices=("train", "test"), help="use inputs.<split> and data/features/<split>"
+        "--input", type=Path, required=True, help="a BELKA-format parquet file, directory of parquet, or csv"
     )
     parser.add_argument(
-        "--input", type=Path, help="a BELKA-format parquet file, directory of parquet, or csv"
+        "--output", type=Path, required=True, help="the output directory (written atomically)"
     )
-    parser.add_argument("--output", type=Path, help="the output directory (written atomically)")
     parser.add_argument("--rejects", type=Path, help="CSV of rejected rows (default: <output>-rejects.csv)")
+    parser.add_argument(
+        "--side",
+        choices=("train", "test"),
+        help="train: the binds column is required; test: it is not read (default: kept when present)",
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
         "--cache", type=Path, help="feature cache directory (default: resources.feature_cache)"
@@ -433,17 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    if args.split is None and (args.input is None or args.output is None):
-        parser.error("give --split, or both --input and --output")
 
     def body() -> None:
         params = load_params(args.params)
-        source, output, rejects = default_paths(args.split, params) if args.split else (None, None, None)
-        source = args.input or source
-        output = args.output or output
-        rejects = args.rejects or rejects or output.with_name(output.name + "-rejects.csv")
-        needs_binds = args.split == "train" if args.split else BINDS in raw_columns(source)
-        featurize_file(source, output, rejects, params, needs_binds, args.cache)
+        rejects = args.rejects or args.output.with_name(args.output.name + "-rejects.csv")
+        needs_binds = args.side == "train" if args.side else BINDS in raw_columns(args.input)
+        featurize_file(args.input, args.output, rejects, params, needs_binds, args.cache)
 
     return run_main(body)
 

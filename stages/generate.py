@@ -31,12 +31,12 @@ import pyarrow as pa
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, run_main, setup_logging, write_parquet
+from stages.cli import run_main, setup_logging
+from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, write_parquet
 from stages.params import PROTEINS, Generate, load_params
 
 log = logging.getLogger("stages.generate")
 
-DEFAULT_OUT_DIR = Path("data/generated")
 FIRST_TEST_ID = 295_246_830  # Kaggle's test ids start after the 295,246,830 training rows
 CHUNK = 1_000
 # BELKA's positive rates per protein relative to the overall 0.54%: BRD4 0.46%, HSA 0.42%, sEH 0.74%.
@@ -340,9 +340,8 @@ def to_kaggle_table(frame: pl.DataFrame) -> pa.Table:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--out-dir", default=str(DEFAULT_OUT_DIR), help="where train.parquet and test.parquet go"
-    )
+    parser.add_argument("--train", type=Path, required=True, help="the training parquet file to write")
+    parser.add_argument("--test", type=Path, required=True, help="the test parquet file to write")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -350,9 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params).generate
         train, test = generate(params)
-        out = Path(args.out_dir)
-        write_parquet(to_kaggle_table(train), out / "train.parquet")
-        write_parquet(to_kaggle_table(test), out / "test.parquet")
+        write_parquet(to_kaggle_table(train), args.train)
+        write_parquet(to_kaggle_table(test), args.test)
         log.info(
             "wrote %d train rows (%d positives) and %d test rows", len(train), train[BINDS].sum(), len(test)
         )

@@ -1,4 +1,7 @@
-"""The one place for I/O: raw BELKA files, parquet shards, JSON artifacts, atomic writes, logging, progress."""
+"""The one place for I/O that shapes outputs: raw BELKA files, parquet shards, JSON artifacts, atomic writes.
+
+Logging, progress and command-line errors live in :mod:`stages.cli`, which no stage lists as a dep.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import sys
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,38 +42,42 @@ class InputError(ValueError):
     """An input file is missing, unreadable or not in the expected format; the message names file and column."""
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: one summary line per stage at INFO (the default), details with ``-v``."""
-    level = logging.DEBUG if verbose else os.environ.get("BELKA_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(name)s: %(message)s", force=True)
-
-
-def run_main(body, *args: Any) -> int:
-    """Run a stage body; turn the errors we expect into one clear line on stderr and exit code 1."""
-    from stages.params import ParamsError
-
-    try:
-        body(*args)
-    except (InputError, ParamsError, ArtifactError) as exc:
-        log.debug("failed", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc} ({exc.filename or 'no file name'})", file=sys.stderr)
-        return 1
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+STALE_FOREIGN_SECONDS = 24 * 3600
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``.name.tmp-HOST-PID-RANDOM``: unique per writer, so writers sharing a directory (two clones or DVC
+    experiment workers sharing the feature cache) never write to, or clean up, each other's temporaries."""
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that made ``tmp`` may still be writing it. Only a dead writer's temporaries are
+    stale: one of this host whose PID is gone, or one of another host (or unknown form) untouched for a day."""
+    host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")[0].rpartition("-")
+    if host != _HOST or not pid.isdigit():
+        try:
+            return time.time() - tmp.lstat().st_mtime < STALE_FOREIGN_SECONDS
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def remove_stale_tmp(path: Path) -> None:
-    """Remove what a killed run left beside ``path`` (``.name.tmp-PID``)."""
+    """Remove what a killed writer left beside ``path`` (``.name.tmp-HOST-PID-RANDOM``), never a live one's."""
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        if _writer_alive(stale):
+            continue
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
@@ -95,8 +104,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary directory; it replaces ``path`` only when the block succeeds.
 
-    A killed run leaves only ``.name.tmp-PID`` behind, which DVC does not take for the output and the next run
-    removes.
+    A killed run leaves only ``.name.tmp-HOST-PID-RANDOM`` behind, which DVC does not take for the output and the
+    next run removes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,11 +149,8 @@ class ArtifactError(ValueError):
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
@@ -273,45 +279,3 @@ def list_shards(directory: str | os.PathLike[str]) -> list[Path]:
     if not directory.is_dir():
         raise InputError(f"{directory}: not found (run the stage that writes it: dvc repro)")
     return sorted(directory.glob("part-*.parquet"))
-
-
-def iter_shards(
-    directory: str | os.PathLike[str], columns: list[str] | None = None
-) -> Iterator[pl.DataFrame]:
-    for path in list_shards(directory):
-        yield pl.read_parquet(path, columns=columns)
-
-
-# ---------------------------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """Rows done, rate and time left on stderr, at most every ``every`` seconds; silent when logging is quiet
-    and stderr is not a terminal, unless BELKA_PROGRESS=1."""
-
-    def __init__(self, what: str, total: int | None, every: float = 5.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.done = 0
-        self.start = self.last = time.monotonic()
-        forced = os.environ.get("BELKA_PROGRESS")
-        self.enabled = forced == "1" if forced is not None else sys.stderr.isatty()
-
-    def update(self, rows: int) -> None:
-        self.done += rows
-        now = time.monotonic()
-        if self.enabled and now - self.last >= self.every:
-            self.last = now
-            print(self.line(now), file=sys.stderr, flush=True)
-
-    def line(self, now: float | None = None) -> str:
-        elapsed = max((now or time.monotonic()) - self.start, 1e-9)
-        rate = self.done / elapsed
-        text = f"{self.what}: {self.done:,} rows, {rate:,.0f} rows/s"
-        if self.total:
-            left = (self.total - self.done) / rate if rate else float("inf")
-            text += f", {100 * self.done / self.total:.1f}% of {self.total:,}, about {left:,.0f}s left"
-        return text
-
-    def finish(self) -> None:
-        if self.enabled:
-            print(self.line() + " (done)", file=sys.stderr, flush=True)

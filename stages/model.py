@@ -19,12 +19,11 @@ import polars as pl
 import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from stages.chem import DESCRIPTORS
+from stages.chem import spec_differences
 from stages.dataset import MoleculeStore
 from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
 
-SCHEMA_VERSION = 1
-MODEL_DIR = Path("models")
+SCHEMA_VERSION = 2
 ENCODER, SCALER, MODEL, MANIFEST = "encoder.json", "scaler.json", "model.json", "manifest.json"
 
 
@@ -48,11 +47,11 @@ def encoder_from_json(data: dict, source: str) -> OneHotEncoder:
     return encoder.fit(np.array(categories, dtype=object).reshape(-1, 1))
 
 
-def scaler_to_json(scaler: StandardScaler) -> dict:
+def scaler_to_json(scaler: StandardScaler, descriptors: list[str]) -> dict:
     return {
         "format": "belka-standard-scaler",
         "schema_version": SCHEMA_VERSION,
-        "features": list(DESCRIPTORS),
+        "features": list(descriptors),
         "mean": scaler.mean_.tolist(),
         "scale": scaler.scale_.tolist(),
         "var": scaler.var_.tolist(),
@@ -60,11 +59,11 @@ def scaler_to_json(scaler: StandardScaler) -> dict:
     }
 
 
-def scaler_from_json(data: dict, source: str) -> StandardScaler:
+def scaler_from_json(data: dict, source: str, descriptors: list[str]) -> StandardScaler:
     _check_format(data, "belka-standard-scaler", source)
-    if data.get("features") != list(DESCRIPTORS):
+    if data.get("features") != list(descriptors):
         raise ArtifactError(
-            f"{source}: scaler features {data.get('features')} != expected {list(DESCRIPTORS)}"
+            f"{source}: scaler features {data.get('features')} != the model's {list(descriptors)}"
         )
     scaler = StandardScaler()
     try:
@@ -74,9 +73,9 @@ def scaler_from_json(data: dict, source: str) -> StandardScaler:
         scaler.n_samples_seen_ = int(data["n_samples_seen"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{source}: scaler field missing or not numeric ({exc})") from None
-    scaler.n_features_in_ = len(DESCRIPTORS)
-    if any(len(a) != len(DESCRIPTORS) for a in (scaler.mean_, scaler.scale_, scaler.var_)):
-        raise ArtifactError(f"{source}: scaler arrays must have {len(DESCRIPTORS)} values")
+    scaler.n_features_in_ = len(descriptors)
+    if any(len(a) != len(descriptors) for a in (scaler.mean_, scaler.scale_, scaler.var_)):
+        raise ArtifactError(f"{source}: scaler arrays must have {len(descriptors)} values")
     return scaler
 
 
@@ -90,8 +89,8 @@ def _check_format(data: object, expected: str, source: str) -> None:
         )
 
 
-def feature_names(categories: list[str], n_bits: int) -> list[str]:
-    return [f"protein={c}" for c in categories] + list(DESCRIPTORS) + [f"fp{i}" for i in range(n_bits)]
+def feature_names(categories: list[str], descriptors: list[str], n_bits: int) -> list[str]:
+    return [f"protein={c}" for c in categories] + list(descriptors) + [f"fp{i}" for i in range(n_bits)]
 
 
 @dataclass
@@ -113,11 +112,18 @@ class Model:
                 f"the model knows {', '.join(self.categories)}"
             )
 
+    @property
+    def feature_spec(self) -> dict:
+        return self.manifest["features"]
+
     def check_features(self, store: MoleculeStore) -> None:
-        if store.n_bits != self.manifest["n_bits"]:
+        """Refuse features made differently from the model's (settings, RDKit version, feature code)."""
+        differences = spec_differences(store.spec, self.feature_spec)
+        if differences:
             raise InputError(
-                f"{store.directory}: features have {store.n_bits} fingerprint bits, the model was trained on "
-                f"{self.manifest['n_bits']} (featurize with the same featurize.fingerprint params)"
+                f"{store.directory}: features were made differently from the model's training features "
+                f"(features != model): {'; '.join(differences)}. Featurize and train with the same featurize "
+                "params, RDKit and code (dvc repro)"
             )
 
     def predict(self, rows: pl.DataFrame, store: MoleculeStore) -> np.ndarray:
@@ -130,7 +136,8 @@ def design_matrix(
 ) -> np.ndarray:
     molecules = store.lookup(rows["molecule_key"].to_numpy())
     onehot = encoder.transform(rows[PROTEIN].to_numpy().reshape(-1, 1))
-    scaled = scaler.transform(molecules.descriptors).astype(np.float32)
+    descriptors = molecules.descriptors
+    scaled = (scaler.transform(descriptors) if descriptors.shape[1] else descriptors).astype(np.float32)
     return np.hstack([onehot.astype(np.float32), scaled, store.unpack(molecules.fingerprints)])
 
 
@@ -143,7 +150,7 @@ def save_model(
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / ENCODER, encoder_to_json(encoder))
-    write_json(directory / SCALER, scaler_to_json(scaler))
+    write_json(directory / SCALER, scaler_to_json(scaler, extra["features"]["descriptors"]))
     booster.save_model(str(directory / MODEL))  # the caller writes into an atomic_dir
     manifest = {
         "format": "belka-model",
@@ -154,7 +161,7 @@ def save_model(
     write_json(directory / MANIFEST, manifest)
 
 
-def load_model(directory: Path = MODEL_DIR) -> Model:
+def load_model(directory: Path) -> Model:
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST, "model manifest")
     _check_format(manifest, "belka-model", str(directory / MANIFEST))
@@ -168,8 +175,13 @@ def load_model(directory: Path = MODEL_DIR) -> Model:
                 f"{path}: content does not match the sha256 recorded in {directory / MANIFEST} "
                 "(altered or from another run; retrain or restore it: dvc checkout)"
             )
+    if not isinstance(manifest.get("features"), dict) or "descriptors" not in manifest["features"]:
+        raise ArtifactError(
+            f"{directory / MANIFEST}: no feature spec (made by an older version: dvc repro train)"
+        )
     encoder = encoder_from_json(read_json(directory / ENCODER, "encoder"), str(directory / ENCODER))
-    scaler = scaler_from_json(read_json(directory / SCALER, "scaler"), str(directory / SCALER))
+    descriptors = manifest["features"]["descriptors"]
+    scaler = scaler_from_json(read_json(directory / SCALER, "scaler"), str(directory / SCALER), descriptors)
     booster = xgb.Booster()
     try:
         booster.load_model(str(directory / MODEL))

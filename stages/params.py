@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 PROTEINS = ("BRD4", "HSA", "sEH")
+DEFAULT_DESCRIPTORS = ("MolWt", "NumHDonors", "NumHAcceptors")  # the seed's MW, HBD and HBA
 
 
 class ParamsError(ValueError):
@@ -65,20 +66,53 @@ class Featurize(Section):
     batch_rows: int = Field(ge=1_000, le=50_000_000)
     max_smiles_length: int = Field(ge=10, le=100_000)
     max_reject_fraction: float = Field(ge=0.0, le=1.0)
+    descriptors: tuple[str, ...] = Field(default=DEFAULT_DESCRIPTORS, min_length=0, max_length=300)
     fingerprint: Fingerprint
+
+    @field_validator("descriptors")
+    @classmethod
+    def _known_descriptors(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from rdkit.Chem import Descriptors  # imported only when this section is checked
+
+        allowed = [name for name, _ in Descriptors._descList]
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise ValueError(
+                f"unknown RDKit descriptor(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"descriptors must not repeat, got {list(names)}")
+        return names
+
+    @model_validator(mode="after")
+    def _some_feature(self) -> Featurize:
+        if not self.descriptors and not self.fingerprint.enabled:
+            raise ValueError("featurize needs at least one descriptor or the fingerprint enabled")
+        return self
 
 
 class Split(Section):
-    method: Literal["random", "building_blocks"]
+    """``belka`` (the default) builds a valid part like BELKA's test set, with both groups Kaggle scores:
+    molecules using a held-out building block (non-share) and a random fraction of the others (share).
+    ``random`` takes the random fraction only (share only); ``building_blocks`` the held-out blocks only."""
+
+    method: Literal["belka", "random", "building_blocks"]
+    held_out_building_blocks: float = Field(gt=0.0, lt=0.5)
     valid_fraction: float = Field(gt=0.0, lt=1.0)
     seed: int = Field(ge=0)
 
+    def train_fraction(self) -> float:
+        """The expected share of molecules left for training."""
+        kept = (1.0 - self.held_out_building_blocks) ** 3 if self.method != "random" else 1.0
+        return kept * (1.0 - self.valid_fraction if self.method != "building_blocks" else 1.0)
+
     @model_validator(mode="after")
-    def _building_block_fraction(self) -> Split:
-        if self.method == "building_blocks" and not 0.05 <= self.valid_fraction <= 0.7:
+    def _enough_to_train(self) -> Split:
+        if self.train_fraction() < 0.3:
             raise ValueError(
-                "split.valid_fraction must be within [0.05, 0.7] with split.method=building_blocks "
-                f"(holding out building blocks for more leaves too little to train on), got {self.valid_fraction}"
+                f"split.held_out_building_blocks={self.held_out_building_blocks} and split.valid_fraction="
+                f"{self.valid_fraction} with method={self.method} leave about {self.train_fraction():.0%} of the "
+                "molecules to train on (at least 30% needed); lower one of them"
             )
         return self
 
@@ -107,7 +141,6 @@ class XGB(Section):
     tree_method: Literal["hist", "approx", "exact"] = "hist"
     device: Literal["cpu", "cuda"] = "cpu"
     eval_metric: Literal["aucpr", "auc", "logloss"] = "aucpr"
-    n_jobs: int = Field(default=0, ge=0, le=1024)
     random_state: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
@@ -116,26 +149,21 @@ class XGB(Section):
             raise ValueError(f"xgb.device=cuda needs xgb.tree_method=hist, got {self.tree_method}")
         return self
 
-    def classifier_kwargs(self) -> dict[str, Any]:
-        kwargs = self.model_dump()
-        if kwargs["n_jobs"] == 0:
-            kwargs["n_jobs"] = available_cores()
-        return kwargs
+    def classifier_kwargs(self, threads: int) -> dict[str, Any]:
+        return {**self.model_dump(), "n_jobs": threads}
 
 
 class Evaluate(Section):
     curve_points: int = Field(ge=10, le=100_000)
-
-
-class Predict(Section):
-    batch_rows: int = Field(ge=1_000, le=50_000_000)
-    output: str = Field(min_length=1)
+    top_features: int = Field(default=20, ge=1, le=10_000)
 
 
 class Resources(Section):
     """How to run, not what to compute: no stage lists these as params deps, so changing them reruns nothing."""
 
     workers: int = Field(ge=0, le=1024)
+    threads: int = Field(default=0, ge=0, le=1024)
+    batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
     feature_cache: str = Field(min_length=1)
 
 
@@ -147,7 +175,6 @@ class Params(Section):
     train: Train
     xgb: XGB
     evaluate: Evaluate
-    predict: Predict
     resources: Resources
 
     @model_validator(mode="after")
@@ -165,7 +192,13 @@ def available_cores() -> int:
 
 
 def workers(params: Params) -> int:
+    """Featurize processes (``resources.workers``; 0 means every core)."""
     return params.resources.workers or available_cores()
+
+
+def threads(params: Params) -> int:
+    """XGBoost threads (``resources.threads``; 0 means every core)."""
+    return params.resources.threads or available_cores()
 
 
 def _describe_error(err: dict[str, Any], raw: dict[str, Any]) -> str:

@@ -25,16 +25,14 @@ import xgboost as xgb
 from dvclive import Live
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from stages.cli import progress, run_main, setup_logging
 from stages.dataset import MoleculeStore, iter_row_batches
-from stages.io import BINDS, ID, PROTEIN, InputError, Progress, atomic_dir, run_main, setup_logging
-from stages.model import MODEL_DIR, design_matrix, feature_names, save_model
-from stages.params import Params, load_params
-from stages.split import SPLIT_DIR, uniform_hash
+from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir
+from stages.model import design_matrix, feature_names, save_model
+from stages.params import Params, load_params, threads
+from stages.split import uniform_hash
 
 log = logging.getLogger("stages.train")
-
-FEATURES_DIR = Path("data/features/train")
-LIVE_DIR = Path("metrics/train")
 
 
 def sample_rows(rows: pl.DataFrame, rate: float, seed: int) -> pl.DataFrame:
@@ -78,20 +76,27 @@ class RowBatches(xgb.DataIter):
         self.iterator = None
 
 
-def fit_preprocessing(batches: Callable, store: MoleculeStore) -> tuple[OneHotEncoder, StandardScaler, dict]:
-    """Fit the encoder and scaler on the (sampled) training rows in one streaming pass; count rows."""
+def fit_preprocessing(
+    batches: Callable, sample: Callable[[pl.DataFrame], pl.DataFrame], store: MoleculeStore
+) -> tuple[OneHotEncoder, StandardScaler, dict]:
+    """One streaming pass over the training rows: count rows and positives per protein on every row (the base
+    rates, before any negative sampling), fit the scaler on the sampled rows the model trains on."""
     proteins: set[str] = set()
     scaler = StandardScaler()
     stats: dict[str, list[int]] = {}
     for rows in batches():
         proteins.update(rows[PROTEIN].unique().to_list())
-        scaler.partial_fit(store.lookup(rows["molecule_key"].to_numpy()).descriptors)
         for protein, n, positives in rows.group_by(PROTEIN).agg(pl.len(), pl.col(BINDS).sum()).iter_rows():
             seen = stats.setdefault(protein, [0, 0])
             seen[0] += n
             seen[1] += positives
+        if store.descriptors:
+            scaler.partial_fit(store.lookup(sample(rows)["molecule_key"].to_numpy()).descriptors)
     if not proteins:
         raise InputError("train: no training rows (check the split and the input data)")
+    if not store.descriptors:  # fingerprint only: nothing to scale
+        scaler.mean_ = scaler.scale_ = scaler.var_ = np.empty(0)
+        scaler.n_samples_seen_ = 0
     categories = sorted(proteins)
     encoder = OneHotEncoder(categories=[categories], sparse_output=False, dtype=np.float32)
     encoder.fit(np.array(categories, dtype=object).reshape(-1, 1))
@@ -101,16 +106,16 @@ def fit_preprocessing(batches: Callable, store: MoleculeStore) -> tuple[OneHotEn
 class LiveCurves(xgb.callback.TrainingCallback):
     """Logs every evaluation metric after each boosting round to dvclive."""
 
-    def __init__(self, live: Live, progress: Progress) -> None:
+    def __init__(self, live: Live, bar) -> None:
         super().__init__()
-        self.live, self.progress = live, progress
+        self.live, self.bar = live, bar
 
     def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
         for data, metrics in evals_log.items():
             for name, values in metrics.items():
                 self.live.log_metric(f"{data}/{name}", float(values[-1]))
         self.live.next_step()
-        self.progress.update(1)
+        self.bar.update(1)
         return False
 
 
@@ -118,31 +123,34 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
     settings = params.train
     store = MoleculeStore(features_dir)
 
-    def batches(side: str, sample: bool) -> Callable:
+    def sample(rows: pl.DataFrame) -> pl.DataFrame:
+        return sample_rows(rows, settings.negative_sample_rate, settings.seed)
+
+    def batches(side: str, sampled: bool = True) -> Callable:
         def generate():
             for rows in iter_row_batches(split_dir / side, settings.batch_rows):
-                yield sample_rows(rows, settings.negative_sample_rate if sample else 1.0, settings.seed)
+                yield sample(rows) if sampled else rows
 
         return generate
 
-    encoder, scaler, stats = fit_preprocessing(batches("train", True), store)
-    classifier = xgb.XGBClassifier(**params.xgb.classifier_kwargs())
+    encoder, scaler, stats = fit_preprocessing(batches("train", sampled=False), sample, store)
+    classifier = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params)))
     booster_params = classifier.get_xgb_params()
     n_rounds = params.xgb.n_estimators
     with tempfile.TemporaryDirectory(prefix="belka-xgb-") as pages:
         external = settings.data_mode == "external"
         matrix_type = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
 
-        def matrix(side: str, sample: bool, ref=None):
+        def matrix(side: str, ref=None):
             prefix = str(Path(pages) / side) if external else None
-            it = RowBatches(batches(side, sample), store, encoder, scaler, cache_prefix=prefix)
+            it = RowBatches(batches(side), store, encoder, scaler, cache_prefix=prefix)
             return matrix_type(it, max_bin=params.xgb.max_bin, ref=ref)
 
-        dtrain = matrix("train", True)
+        dtrain = matrix("train")
         # The per-iteration curves use the valid part sampled like the train part (weighted), so their cost stays
         # proportional to the training data; evaluate scores every valid row.
-        dvalid = matrix("valid", True, ref=dtrain)
-        progress = Progress("train (boosting rounds)", n_rounds, every=10.0)
+        dvalid = matrix("valid", ref=dtrain)
+        bar = progress("train", n_rounds, unit="rounds", every=10.0)
         with atomic_dir(live_dir) as live_tmp, atomic_dir(model_dir) as model_tmp:
             live = Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None)
             booster = xgb.train(
@@ -150,7 +158,7 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
                 dtrain,
                 num_boost_round=n_rounds,
                 evals=[(dtrain, "train"), (dvalid, "valid")],
-                callbacks=[LiveCurves(live, progress)],
+                callbacks=[LiveCurves(live, bar)],
                 verbose_eval=False,
             )
             live.end()
@@ -161,8 +169,10 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
                 scaler,
                 booster,
                 {
-                    "n_bits": store.n_bits,
-                    "feature_names": feature_names([str(c) for c in encoder.categories_[0]], store.n_bits),
+                    "features": store.spec,
+                    "feature_names": feature_names(
+                        [str(c) for c in encoder.categories_[0]], store.descriptors, store.n_bits
+                    ),
                     "base_rate": base_rate,
                     "train_rows": {p: n for p, (n, _) in sorted(stats.items())},
                     "negative_sample_rate": settings.negative_sample_rate,
@@ -170,7 +180,7 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
                     "xgboost": xgb.__version__,
                 },
             )
-    progress.finish()
+    bar.close()
     return {
         "rows": dtrain.num_row(),
         "features": dtrain.num_col(),
@@ -182,12 +192,10 @@ def train_model(params: Params, split_dir: Path, features_dir: Path, model_dir: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--split", type=Path, default=SPLIT_DIR, help="split output (train and valid rows)")
-    parser.add_argument(
-        "--features", type=Path, default=FEATURES_DIR, help="featurize output of the train data"
-    )
-    parser.add_argument("--models", type=Path, default=MODEL_DIR, help="where the JSON artifacts go")
-    parser.add_argument("--live", type=Path, default=LIVE_DIR, help="dvclive directory for training curves")
+    parser.add_argument("--split", type=Path, required=True, help="split output (train and valid rows)")
+    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
+    parser.add_argument("--models", type=Path, required=True, help="where the JSON artifacts go")
+    parser.add_argument("--live", type=Path, required=True, help="dvclive directory for training curves")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+from stages.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "belka_sample" / "val.csv"
@@ -22,8 +26,8 @@ SMALL_PARAMS = {
                  "positive_rate": 0.03},
     "featurize": {"batch_rows": 1000, "fingerprint": {"n_bits": 256}},
     "train": {"batch_rows": 1000},
-    "xgb": {"n_estimators": 25, "max_depth": 4, "n_jobs": 2},
-    "resources": {"workers": 2},
+    "xgb": {"n_estimators": 25, "max_depth": 4},
+    "resources": {"workers": 2, "threads": 2},
 }  # fmt: skip
 
 
@@ -144,6 +148,56 @@ def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     repo.repro()
     repo.commit("repro")
     return repo
+
+
+@dataclass
+class MiniRun:
+    """The pipeline's outputs from an in-process run of the stage functions on tiny data (no dvc)."""
+
+    root: Path
+    params: Params
+
+    def __getattr__(self, name: str) -> Path:
+        paths = {"raw_train": "raw/train.parquet", "raw_test": "raw/test.parquet", "features": "features/train",
+                 "test_features": "features/test", "test_rejects": "features/test-rejects.csv", "split": "split",
+                 "models": "models", "submission": "submission.csv"}  # fmt: skip
+        if name not in paths:
+            raise AttributeError(name)
+        return self.root / paths[name]
+
+
+MINI_PARAMS = {
+    "generate": {"train_molecules": 600, "test_shared_molecules": 60, "test_unseen_molecules": 60,
+                 "positive_rate": 0.05},
+    "featurize": {"batch_rows": 1000, "fingerprint": {"n_bits": 128}},
+    "split": {"held_out_building_blocks": 0.1, "valid_fraction": 0.2},
+    "train": {"batch_rows": 1000},
+    "xgb": {"n_estimators": 8, "max_depth": 3},
+    "resources": {"workers": 1, "threads": 1},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory: pytest.TempPathFactory) -> MiniRun:
+    """generate, featurize, split, train and predict called in-process on 1,800 rows: seconds, not a dvc repro.
+    Tests must not modify it (copy what they change)."""
+    from stages import featurize, generate, predict, split, train
+    from stages.io import write_csv, write_parquet
+
+    raw = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), copy.deepcopy(MINI_PARAMS))
+    run = MiniRun(tmp_path_factory.mktemp("mini"), parse_params(raw))
+    cache = run.root / "cache"
+    train_rows, test_rows = generate.generate(run.params.generate)
+    write_parquet(generate.to_kaggle_table(train_rows), run.raw_train)
+    write_parquet(generate.to_kaggle_table(test_rows), run.raw_test)
+    featurize.featurize_file(run.raw_train, run.features, run.root / "features/train-rejects.csv", run.params,
+                             True, cache)  # fmt: skip
+    featurize.featurize_file(run.raw_test, run.test_features, run.test_rejects, run.params, False, cache)
+    split.split_rows(run.features / "rows", run.split, run.params.split)
+    train.train_model(run.params, run.split, run.features, run.models, run.root / "live")
+    submission = predict.predict_file(run.test_features, run.test_rejects, run.models, 1000)
+    write_csv(submission, run.submission)
+    return run
 
 
 @pytest.fixture

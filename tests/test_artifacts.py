@@ -15,13 +15,13 @@ import pytest
 
 from stages.io import ArtifactError
 from stages.model import load_model
-from tests.conftest import ROOT, Repo, project_env
+from tests.conftest import ROOT, MiniRun, project_env
 
 
 @pytest.fixture
-def models(reproduced_repo: Repo, tmp_path: Path) -> Path:
+def models(mini_run: MiniRun, tmp_path: Path) -> Path:
     target = tmp_path / "models"
-    shutil.copytree(reproduced_repo.path / "models", target)
+    shutil.copytree(mini_run.models, target)
     return target
 
 
@@ -59,7 +59,7 @@ def test_other_schema_version(models: Path, name: str) -> None:
     edit_json(models / name, lambda d: d.__setitem__("schema_version", 99))
     if name != "manifest.json":
         rehash(models, name)  # a consistent set of files, just from another version of the code
-    with pytest.raises(ArtifactError, match=rf"{re.escape(name)}: schema_version 99, this code reads 1"):
+    with pytest.raises(ArtifactError, match=rf"{re.escape(name)}: schema_version 99, this code reads 2"):
         load_model(models)
 
 
@@ -97,14 +97,14 @@ def test_model_json_that_is_not_json(models: Path) -> None:
 
 
 def test_predict_with_a_tampered_model_reports_one_line(
-    reproduced_repo: Repo, models: Path, tmp_path: Path
+    mini_run: MiniRun, models: Path, tmp_path: Path
 ) -> None:
     edit_json(models / "scaler.json", lambda d: d["scale"].__setitem__(1, 0.5))
     output = tmp_path / "submission.csv"
-    features = reproduced_repo.path / "data/features/test"
+    features = mini_run.test_features
     cmd = [sys.executable, "-m", "stages.predict", "--models", str(models), "--features", str(features)]
     cmd += ["--rejects", str(tmp_path / "none.csv"), "--output", str(output)]
-    cmd += ["--params", str(reproduced_repo.path / "params.yaml")]
+    cmd += ["--params", str(ROOT / "params.yaml")]
     result = subprocess.run(cmd, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert (
@@ -130,8 +130,8 @@ def test_no_stage_code_can_unpickle() -> None:
         assert not calls.search(text), f"{path} calls a pickle loader"
 
 
-def test_models_holds_only_json(reproduced_repo: Repo) -> None:
-    files = [p for p in (reproduced_repo.path / "models").rglob("*") if p.is_file()]
+def test_models_holds_only_json(mini_run: MiniRun) -> None:
+    files = [p for p in mini_run.models.rglob("*") if p.is_file()]
     assert files and all(p.suffix == ".json" for p in files), files
     for path in files:
         json.loads(path.read_text())  # each one is plain JSON

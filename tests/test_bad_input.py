@@ -15,10 +15,9 @@ import yaml
 
 from stages.featurize import featurize_file
 from stages.io import InputError
-from stages.model import load_model
 from stages.params import Params, parse_params
 from stages.predict import predict_file
-from tests.conftest import ROOT, SMALL_PARAMS, Repo, deep_update, project_env
+from tests.conftest import ROOT, SMALL_PARAMS, MiniRun, deep_update, project_env
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -286,10 +285,9 @@ def test_threshold_through_the_command_line(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- predict
 
 
-def test_unknown_protein_in_test_data(reproduced_repo: Repo, tmp_path: Path) -> None:
-    model_dir = reproduced_repo.path / "models"
-    n_bits = load_model(model_dir).manifest["n_bits"]
-    params = make_params(fingerprint={"enabled": True, "radius": 2, "n_bits": n_bits})
+def test_unknown_protein_in_test_data(mini_run: MiniRun, tmp_path: Path) -> None:
+    model_dir = mini_run.models
+    params = mini_run.params
     source = tmp_path / "test.parquet"
     raw_frame(30, proteins=("BRD4", "EGFR", "sEH")).drop("binds").write_parquet(source)
     features, rejects = tmp_path / "test", tmp_path / "test-rejects.csv"
@@ -301,11 +299,10 @@ def test_unknown_protein_in_test_data(reproduced_repo: Repo, tmp_path: Path) -> 
     assert "the model knows BRD4, HSA, sEH" in message
 
 
-def test_unknown_protein_in_rejected_test_rows(reproduced_repo: Repo, tmp_path: Path) -> None:
-    model_dir = reproduced_repo.path / "models"
-    n_bits = load_model(model_dir).manifest["n_bits"]
-    params = make_params(
-        fingerprint={"enabled": True, "radius": 2, "n_bits": n_bits}, max_reject_fraction=0.5
+def test_unknown_protein_in_rejected_test_rows(mini_run: MiniRun, tmp_path: Path) -> None:
+    model_dir = mini_run.models
+    params = mini_run.params.model_copy(
+        update={"featurize": mini_run.params.featurize.model_copy(update={"max_reject_fraction": 0.5})}
     )
     frame = raw_frame(30).drop("binds")
     frame = frame.with_columns(

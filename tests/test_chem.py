@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import polars as pl
 import pytest
@@ -5,11 +7,18 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors
 
 from stages import chem
+from stages.dataset import unpack_fingerprints
 
 # A real Kaggle row: building block 1 (an Fmoc amino acid) sits on the triazine; its acid is the DNA-linked amide.
 KAGGLE_SMILES = "Cc1ccc(C#N)cc1Nc1nc(NCCC(C)S(C)=O)nc(Nc2cccc(C(=O)N[Dy])c2C(=O)O)n1"
 # The same molecule without its DNA tag, written by hand: the amide is primary.
 EXPECTED = "Cc1ccc(C#N)cc1Nc1nc(NCCC(C)S(C)=O)nc(Nc2cccc(C(N)=O)c2C(=O)O)n1"
+
+
+def config(
+    fingerprint: bool = True, n_bits: int = 1024, descriptors=("MolWt", "NumHDonors", "NumHAcceptors")
+):
+    return chem.FeatureConfig(tuple(descriptors), fingerprint, 2, n_bits, 1000)
 
 
 def canonical(smiles: str) -> str:
@@ -33,11 +42,22 @@ def test_stripping_dy_matches_rdkit_replacing_the_atom_with_hydrogen():
 
 def test_molecular_weight_of_the_known_example():
     cleaned, _ = chem.clean_smiles(KAGGLE_SMILES)
-    features = chem.featurize_smiles([cleaned], chem.FeatureConfig(True, 2, 1024))
+    features = chem.featurize_smiles([cleaned], config())
     assert features.reasons == [None]
-    assert features.mw[0] == pytest.approx(Descriptors.MolWt(Chem.MolFromSmiles(EXPECTED)))
-    assert features.mw[0] == pytest.approx(522.59, abs=0.01)  # C24H26N8O4S
-    assert features.hbd[0] >= 4 and features.hba[0] >= 8
+    mw, hbd, hba = features.descriptors[0]
+    assert mw == pytest.approx(Descriptors.MolWt(Chem.MolFromSmiles(EXPECTED)))
+    assert mw == pytest.approx(522.59, abs=0.01)  # C24H26N8O4S
+    assert hbd >= 4 and hba >= 8
+
+
+def test_any_rdkit_descriptor_can_be_a_feature():
+    cleaned, _ = chem.clean_smiles(KAGGLE_SMILES)
+    features = chem.featurize_smiles(
+        [cleaned, "CCO"], config(descriptors=("RingCount", "NumHDonors", "MolWt"))
+    )
+    # by hand: two benzene rings and the triazine; ethanol has none, one OH donor, and weighs 46.07
+    assert features.descriptors[0, 0] == 3
+    assert features.descriptors[1].tolist() == pytest.approx([0, 1, 46.069], abs=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +76,7 @@ def test_clean_smiles_rejects_with_a_reason(smiles, reason):
 
 
 def test_unparsable_smiles_is_a_reason_not_an_exception():
-    features = chem.featurize_smiles(["C1CC", "not a smiles", "CCO"], chem.FeatureConfig(True, 2, 64))
+    features = chem.featurize_smiles(["C1CC", "not a smiles", "CCO"], config(n_bits=64))
     assert features.reasons[:2] == ["RDKit could not parse the SMILES"] * 2
     assert features.reasons[2] is None
 
@@ -64,9 +84,9 @@ def test_unparsable_smiles_is_a_reason_not_an_exception():
 def test_fingerprints_are_bit_packed_and_unpack_to_rdkit_bits():
     from rdkit.Chem import rdFingerprintGenerator
 
-    features = chem.featurize_smiles([EXPECTED], chem.FeatureConfig(True, 2, 2048))
+    features = chem.featurize_smiles([EXPECTED], config(n_bits=2048))
     assert features.fp.shape == (1, 256)  # 2048 bits in 256 bytes
-    bits = chem.unpack_fingerprints(features.fp, 2048)[0]
+    bits = unpack_fingerprints(features.fp, 2048)[0]
     expected = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048).GetFingerprintAsNumPy(
         Chem.MolFromSmiles(EXPECTED)
     )
@@ -74,15 +94,35 @@ def test_fingerprints_are_bit_packed_and_unpack_to_rdkit_bits():
 
 
 def test_fingerprint_can_be_switched_off():
-    features = chem.featurize_smiles([EXPECTED], chem.FeatureConfig(False, 2, 2048))
+    features = chem.featurize_smiles([EXPECTED], config(fingerprint=False, n_bits=2048))
     assert features.fp.shape == (1, 0)
 
 
 def test_molecule_key_is_stable_and_keys_of_hashes_each_value_once():
     assert chem.molecule_key("CCO") == chem.molecule_key("CCO") != chem.molecule_key("CCN")
-    assert chem.molecule_key("CCO") == 7037378776707469366  # same on every machine and Python version
-    keys = chem.keys_of(pl.Series(["CCO", "CCN", "CCO"]))
-    assert keys.to_list() == [chem.molecule_key("CCO"), chem.molecule_key("CCN"), chem.molecule_key("CCO")]
+    assert chem.molecule_hash("CCO") == (7596530377537656302, 4151177718)  # same on every machine and Python
+    digest = hashlib.blake2b(b"CCO", digest_size=12).digest()  # the definition, from hashlib directly
+    assert chem.molecule_key("CCO") == int.from_bytes(digest[:8], "little") // 2
+    keys = chem.keys_of(pl.Series(["CCO", "CCN", "CCO"]), check=True)
+    assert keys["key"].to_list() == [
+        chem.molecule_key("CCO"),
+        chem.molecule_key("CCN"),
+        chem.molecule_key("CCO"),
+    ]
+    assert keys["check"].to_list() == [chem.molecule_hash(s)[1] for s in ("CCO", "CCN", "CCO")]
+
+
+def test_feature_spec_names_everything_that_shapes_features_and_its_differences():
+    spec = config().spec()
+    assert spec["descriptors"] == ["MolWt", "NumHDonors", "NumHAcceptors"]
+    assert spec["fingerprint"] == {"enabled": True, "radius": 2, "n_bits": 1024}
+    assert spec["rdkit"] == __import__("rdkit").__version__ and len(spec["code"]) == 16
+    assert chem.FeatureConfig.from_spec(spec) == config()
+    other = chem.FeatureConfig(("MolWt",), True, 3, 1024, 1000).spec()
+    assert chem.spec_differences(other, spec) == [
+        "descriptors: ['MolWt'] != ['MolWt', 'NumHDonors', 'NumHAcceptors']",
+        "fingerprint.radius: 3 != 2",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,12 @@ import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import model as artifacts
+from stages.chem import FeatureConfig
+
+EXTRA = {
+    "features": FeatureConfig(("MolWt", "NumHDonors", "NumHAcceptors"), False, 2, 64, 400).spec(),
+    "base_rate": {},
+}
 
 
 def fitted():
@@ -21,7 +27,7 @@ def fitted():
 
 def test_encoder_and_scaler_round_trip_through_json(tmp_path):
     encoder, scaler, booster, descriptors, _ = fitted()
-    artifacts.save_model(tmp_path, encoder, scaler, booster, {"n_bits": 0, "base_rate": {}})
+    artifacts.save_model(tmp_path, encoder, scaler, booster, EXTRA)
     loaded = artifacts.load_model(tmp_path)
     proteins = np.array(["sEH", "BRD4"], dtype=object).reshape(-1, 1)
     np.testing.assert_array_equal(loaded.encoder.transform(proteins), encoder.transform(proteins))
@@ -38,7 +44,7 @@ def test_encoder_and_scaler_round_trip_through_json(tmp_path):
 
 def test_model_json_loads_into_xgbclassifier_with_the_same_predictions(tmp_path):
     encoder, scaler, booster, _, x = fitted()
-    artifacts.save_model(tmp_path, encoder, scaler, booster, {"n_bits": 0, "base_rate": {}})
+    artifacts.save_model(tmp_path, encoder, scaler, booster, EXTRA)
     classifier = xgb.XGBClassifier()
     classifier.load_model(tmp_path / "model.json")
     np.testing.assert_allclose(classifier.predict_proba(x)[:, 1], booster.inplace_predict(x), rtol=1e-6)

@@ -84,7 +84,12 @@ def test_unknown_section() -> None:
             "featurize.max_smiles_length: Input should be greater than or equal to 10",
         ),
         ("generate.train_molecules", "many", "generate.train_molecules: Input should be a valid integer"),
-        ("split.method", "scaffold", "split.method: Input should be 'random' or 'building_blocks'"),
+        ("split.method", "scaffold", "split.method: Input should be 'belka', 'random' or 'building_blocks'"),
+        (
+            "split.held_out_building_blocks",
+            0.0,
+            "split.held_out_building_blocks: Input should be greater than 0",
+        ),
         ("xgb.device", "tpu", "xgb.device: Input should be 'cpu' or 'cuda'"),
         ("train.data_mode", "disk", "train.data_mode: Input should be 'in_memory' or 'external'"),
         ("resources.workers", -1, "resources.workers: Input should be greater than or equal to 0"),
@@ -126,9 +131,34 @@ def test_value_out_of_range_names_key_value_and_range(path: str, value: object, 
         (
             {
                 **copy.deepcopy(BASE),
-                "split": {**BASE["split"], "method": "building_blocks", "valid_fraction": 0.9},
+                "split": {**BASE["split"], "held_out_building_blocks": 0.3, "valid_fraction": 0.5},
             },
-            "split.valid_fraction must be within [0.05, 0.7] with split.method=building_blocks",
+            # by hand: (1 - 0.3)^3 * (1 - 0.5) = 0.1715
+            "held_out_building_blocks=0.3 and split.valid_fraction=0.5 with method=belka leave about 17% of the "
+            "molecules to train on (at least 30% needed)",
+        ),
+        (
+            {**copy.deepcopy(BASE), "split": {**BASE["split"], "method": "random", "valid_fraction": 0.75}},
+            "with method=random leave about 25% of the molecules",
+        ),
+        (
+            changed("featurize.descriptors", ["MolWt", "NumHDonors", "MolWeight"]),
+            "featurize.descriptors: unknown RDKit descriptor(s) 'MolWeight'; allowed: MaxAbsEStateIndex",
+        ),
+        (
+            changed("featurize.descriptors", ["MolWt", "MolWt"]),
+            "featurize.descriptors: descriptors must not repeat",
+        ),
+        (
+            {
+                **changed("featurize.descriptors", []),
+                "featurize": {
+                    **BASE["featurize"],
+                    "descriptors": [],
+                    "fingerprint": {**BASE["featurize"]["fingerprint"], "enabled": False},
+                },
+            },
+            "featurize needs at least one descriptor or the fingerprint enabled",
         ),
     ],
 )
@@ -139,6 +169,7 @@ def test_inconsistent_values(raw: dict, expected: str) -> None:
 
 @pytest.mark.parametrize("section", ["inputs", "featurize", "xgb", "resources"])
 def test_missing_section(section: str) -> None:
+    # every section is required
     assert f"{section}: missing (required)" in error_of(without(section))
 
 
@@ -151,6 +182,20 @@ def test_missing_nested_key() -> None:
 @pytest.mark.parametrize("raw", [None, [], "text", 3])
 def test_not_a_mapping(raw: object) -> None:
     assert "expected a mapping of sections at the top level" in error_of(raw)
+
+
+def test_the_allowed_descriptors_are_rdkits_own() -> None:
+    message = error_of(changed("featurize.descriptors", ["Nope"]))
+    from rdkit.Chem import Descriptors
+
+    for name in ("MolWt", "TPSA", "MolLogP", "RingCount", "qed"):
+        assert name in message and hasattr(Descriptors, name)
+    parse_params(changed("featurize.descriptors", ["TPSA", "MolLogP", "qed"]))  # any of them is accepted
+
+
+def test_keys_that_moved_to_resources_are_unknown_where_they_were() -> None:
+    assert "xgb.n_jobs: unknown key" in error_of(changed("xgb.n_jobs", 2))
+    assert "predict: unknown key" in error_of({**copy.deepcopy(BASE), "predict": {"batch_rows": 1000}})
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from stages import chem
 from stages.featurize import KeySet
 
-CONFIG = chem.FeatureConfig(fingerprint=True, radius=2, n_bits=64)
+CONFIG = chem.FeatureConfig(("MolWt", "NumHDonors", "NumHAcceptors"), True, 2, 64, 200)
 MAX_LENGTH = 200
 
 SMILES_ALPHABET = "CNOSPFIBrcnos()[]=#@+-123456789%/\\.Dy "
@@ -64,16 +64,17 @@ def test_featurize_smiles_never_raises(smiles: list[str]) -> None:
     cleaned = [(chem.clean_smiles(s, MAX_LENGTH)[0] or s)[:MAX_LENGTH] for s in smiles]
     batch = chem.featurize_smiles(cleaned, CONFIG)
     n = len(cleaned)
-    assert batch.mw.shape == (n,) and batch.hbd.shape == (n,) and batch.hba.shape == (n,)
+    assert batch.descriptors.shape == (n, 3)
     assert batch.fp.shape == (n, CONFIG.fp_bytes) and batch.fp.dtype == np.uint8
     assert len(batch.reasons) == n
     for i, reason in enumerate(batch.reasons):
+        mw, hbd, hba = batch.descriptors[i]
         if reason is None:
-            assert np.isfinite(batch.mw[i]) and batch.mw[i] > 0
-            assert batch.hbd[i] >= 0 and batch.hba[i] >= 0
+            assert np.isfinite(mw) and mw > 0
+            assert hbd >= 0 and hba >= 0
         else:
             assert isinstance(reason, str) and reason
-            assert batch.mw[i] == 0 and not batch.fp[i].any()
+            assert mw == 0 and not batch.fp[i].any()
 
 
 @settings(max_examples=100, deadline=None)
@@ -111,15 +112,19 @@ def test_clean_smiles_known_reasons() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300), max_size=40))
-def test_key_set_matches_a_python_set(batches: list[list[int]]) -> None:
-    """featurize's set of molecules seen, through merges of its recent blocks, answers like a Python set."""
-    seen, reference = KeySet(), set()
+def test_key_set_matches_a_python_dict(batches: list[list[int]]) -> None:
+    """featurize's set of molecules seen (key -> check), through merges of its recent blocks, answers like a
+    Python dict."""
+    seen, reference = KeySet(), {}
     for batch in batches:
         keys = np.unique(np.array(batch, dtype=np.int64))
-        new = keys[~seen.contains(keys)]
-        assert set(new.tolist()) == set(keys.tolist()) - reference
-        seen.add(new)
-        reference |= set(new.tolist())
+        found, _ = seen.lookup(keys)
+        new = keys[~found]
+        assert set(new.tolist()) == set(keys.tolist()) - set(reference)
+        seen.add(new, new // 7)
+        reference.update({k: k // 7 for k in new.tolist()})
         assert len(seen) == len(reference)
-    probe = np.array(sorted(reference | {0, 1, -1}), dtype=np.int64)
-    assert seen.contains(probe).tolist() == [k in reference for k in probe.tolist()]
+    probe = np.array(sorted(set(reference) | {0, 1, -1}), dtype=np.int64)
+    found, values = seen.lookup(probe)
+    assert found.tolist() == [k in reference for k in probe.tolist()]
+    assert values[found].tolist() == [reference[k] for k in probe[found].tolist()]
