@@ -200,7 +200,7 @@ def write_params(path: Path, args: argparse.Namespace, trees: int) -> Path:
         params["featurize"]["batch_rows"] = args.batch_rows
     params["train"]["negative_sample_rate"] = args.negative_sample_rate
     params["xgb"]["n_estimators"] = trees
-    params["xgb"]["n_jobs"] = 0
+    params["resources"]["threads"] = 0
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                     "stages.split",
                     "--params",
                     str(params),
-                    "--features",
-                    str(out),
+                    "--rows",
+                    str(out / "rows"),
                     "--output",
                     str(split),
                 ],
