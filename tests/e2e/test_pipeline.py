@@ -133,7 +133,7 @@ def test_metrics_and_params_diff_between_commits(cloned: Repo) -> None:
     assert "metrics/evaluate.json" in metrics and "score" in metrics
     params = cloned.dvc("params", "diff", "HEAD~1", "HEAD", "--md").stdout
     assert "xgb.max_depth" in params and "xgb.n_estimators" in params
-    plots = json.loads(cloned.dvc("plots", "diff", "HEAD~1", "--json").stdout)
+    plots = json.loads(cloned.dvc("plots", "diff", "HEAD~1", "--json").stdout)["data"]
     assert any("Precision-recall" in name for name in plots) and any("importance" in n for n in plots)
 
 
