@@ -187,6 +187,11 @@ def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
     return mol, None
 
 
+def warm_up(config: FeatureConfig) -> None:
+    """Load what featurizing needs (RDKit's modules, the fingerprint generator) in a fresh worker process."""
+    featurize_smiles(["CC(=O)NCc1ccccc1"], config)
+
+
 def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
     """RDKit features of cleaned SMILES strings: the configured descriptors and packed Morgan bits.
 

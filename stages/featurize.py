@@ -26,15 +26,14 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from stages import chem
+from stages import chem, engine
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, PartCache, PartIndex
 from stages.io import (
@@ -101,6 +100,7 @@ class Options:
     max_reject_fraction: float = 1.0
     workers: int = 1
     cache_dir: Path | None = None  # None: no feature cache
+    engine: str = "local"  # local | dask: where RDKit runs (the output is the same)
 
 
 def options(params: Params, cache_dir: Path | None = None) -> Options:
@@ -110,6 +110,7 @@ def options(params: Params, cache_dir: Path | None = None) -> Options:
         max_reject_fraction=params.featurize.max_reject_fraction,
         workers=workers(params),
         cache_dir=Path(cache_dir or params.resources.feature_cache),
+        engine=params.resources.engine,
     )
 
 
@@ -341,31 +342,28 @@ class FeatureCache:
 
 
 class FeatureWorkers:
-    """RDKit work on a process pool; small jobs run in-process, where starting processes would cost more."""
+    """Maps :func:`chem.featurize_smiles` over chunks of a batch's new molecules through an executor (the local
+    process pool or Dask's); the chunks' results are joined in submission order. Only strings go out and arrays
+    come back. On the local engine, small jobs run in-process, where starting processes would cost more."""
 
     SMALL = 2_000
 
-    def __init__(self, n_workers: int, config: chem.FeatureConfig) -> None:
-        self.n_workers, self.config = n_workers, config
-        self.executor: ProcessPoolExecutor | None = None
+    def __init__(
+        self, pool: Executor | None, n_workers: int, config: chem.FeatureConfig, always: bool
+    ) -> None:
+        self.pool, self.n_workers, self.config, self.always = pool, n_workers, config, always
 
     def submit(self, cleaned: list[str]) -> Callable[[], chem.FeatureBatch]:
         """Start computing; returns a function that waits for the result. The pool works on what was submitted
         while the caller prepares or writes other batches, so it does not idle at batch boundaries."""
-        if self.n_workers <= 1 or len(cleaned) < self.SMALL:
+        if self.pool is None or not cleaned or (not self.always and len(cleaned) < self.SMALL):
             return lambda: chem.featurize_smiles(cleaned, self.config)
-        if self.executor is None:
-            self.executor = ProcessPoolExecutor(self.n_workers, mp_context=get_context("spawn"))
         size = max(250, math.ceil(len(cleaned) / (self.n_workers * 8)))
         futures = [
-            self.executor.submit(chem.featurize_smiles, cleaned[i : i + size], self.config)
+            self.pool.submit(chem.featurize_smiles, cleaned[i : i + size], self.config)
             for i in range(0, len(cleaned), size)
         ]
         return lambda: chem.FeatureBatch.concat([future.result() for future in futures])
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -397,7 +395,23 @@ def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, nee
     config = opts.config
     cache_dir = opts.cache_dir / cache_namespace(config) if opts.cache_dir else None
     cache = FeatureCache(cache_dir, molecule_schema(config))
-    pool = FeatureWorkers(opts.workers, config)
+    with engine.executor(opts.engine, opts.workers) as pool:
+        if isinstance(pool, engine.LazyProcessPool) and raw_row_count(source) >= 3 * FeatureWorkers.SMALL:
+            pool.warm_up(chem.warm_up, config)
+        rdkit_work = FeatureWorkers(pool, opts.workers, config, always=opts.engine == "dask")
+        return _featurize(source, output, rejects_path, opts, needs_binds, cache, rdkit_work)
+
+
+def _featurize(
+    source: Path,
+    output: Path,
+    rejects_path: Path,
+    opts: Options,
+    needs_binds: bool,
+    cache: FeatureCache,
+    pool: FeatureWorkers,
+) -> dict:
+    config = opts.config
     seen = KeySet()
     duplicates = DuplicateIds(str(source))
     counts = Counts()
@@ -453,7 +467,6 @@ def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, nee
             }
             write_json(tmp / "manifest.json", manifest)
     finally:
-        pool.close()
         bar.close()
     log.info(
         "%s: %d rows, %d unique molecules (%d reused from the feature cache, %d computed); "

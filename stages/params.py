@@ -122,6 +122,7 @@ class Train(Section):
     seed: int = Field(ge=0)
     batch_rows: int = Field(ge=1_000, le=50_000_000)
     data_mode: Literal["in_memory", "external"]
+    distributed_workers: int = Field(default=0, ge=0, le=4096)
 
 
 class XGB(Section):
@@ -161,6 +162,7 @@ class Evaluate(Section):
 class Resources(Section):
     """How to run, not what to compute: no stage lists these as params deps, so changing them reruns nothing."""
 
+    engine: Literal["local", "dask"] = "local"
     workers: int = Field(ge=0, le=1024)
     threads: int = Field(default=0, ge=0, le=1024)
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
@@ -181,6 +183,11 @@ class Params(Section):
     def _cross_section(self) -> Params:
         if self.train.data_mode == "external" and self.xgb.tree_method != "hist":
             raise ValueError("train.data_mode=external needs xgb.tree_method=hist")
+        if self.train.distributed_workers and self.train.data_mode == "external":
+            raise ValueError(
+                "train.distributed_workers > 0 trains with xgboost.dask, which keeps each worker's part in memory; "
+                "it needs train.data_mode=in_memory"
+            )
         return self
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import tempfile
@@ -22,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages import featurize
+from stages import engine, featurize
 from stages.chem import FeatureConfig
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import MoleculeStore, count_rows, iter_row_batches
-from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, InputError, write_csv, write_parquet
+from stages.dataset import MoleculeStore, count_rows
+from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, InputError, list_shards, write_csv, write_parquet
 from stages.model import Model, load_model
 from stages.params import load_params, workers
 
@@ -41,19 +42,56 @@ def fallback_predictions(rejects: pl.DataFrame, model: Model) -> pl.DataFrame:
     return pl.DataFrame({ID: rejects[ID], "binds": probs})
 
 
-def predict_file(
-    features_dir: Path, rejects_file: Path | None, model_dir: Path, batch_rows: int
-) -> pl.DataFrame:
-    model = load_model(model_dir)
-    store = MoleculeStore(features_dir)
+@functools.lru_cache(maxsize=2)
+def _model_and_store(
+    model_dir: Path, features_dir: Path, _versions: tuple[int, int]
+) -> tuple[Model, MoleculeStore]:
+    model, store = load_model(model_dir), MoleculeStore(features_dir)
     model.check_features(store)
-    rows_dir = features_dir / "rows"
-    bar = progress("predict", count_rows(rows_dir))
-    parts = []
-    for rows in iter_row_batches(rows_dir, batch_rows, columns=[ID, "molecule_key", PROTEIN]):
-        model.check_proteins(rows[PROTEIN], str(rows_dir))
-        parts.append(pl.DataFrame({ID: rows[ID], "binds": model.predict(rows, store)}))
-        bar.update(len(rows))
+    return model, store
+
+
+def score_shard(shard: Path, features_dir: Path, model_dir: Path, batch_rows: int) -> pl.DataFrame:
+    """``id,binds`` for the rows of one featurized shard: a pure function of files, so it runs the same in this
+    process or on a Dask worker (which then needs the features and the model on a shared filesystem)."""
+    versions = tuple((path / "manifest.json").stat().st_mtime_ns for path in (model_dir, features_dir))
+    model, store = _model_and_store(model_dir, features_dir, versions)
+    rows = pl.read_parquet(shard, columns=[ID, "molecule_key", PROTEIN])
+    model.check_proteins(rows[PROTEIN], str(shard))
+    parts = [
+        pl.DataFrame({ID: batch[ID], "binds": model.predict(batch, store)})
+        for batch in rows.iter_slices(batch_rows)
+    ]
+    return pl.concat(parts) if parts else pl.DataFrame(schema={ID: pl.Int64, "binds": pl.Float64})
+
+
+def predict_file(
+    features_dir: Path,
+    rejects_file: Path | None,
+    model_dir: Path,
+    batch_rows: int,
+    engine_name: str = "local",
+    n_workers: int = 1,
+) -> pl.DataFrame:
+    """The submission for a featurized file: every shard scored (here, or on the Dask cluster with
+    ``engine_name="dask"``: the same function, the same bytes), plus the rejected rows at their base rate."""
+    model = load_model(model_dir)
+    model.check_features(MoleculeStore(features_dir))
+    shards = list_shards(features_dir / "rows")
+    bar = progress("predict", count_rows(features_dir / "rows"))
+    with engine.executor(engine_name, n_workers if engine_name == "dask" else 1) as pool:
+        if pool is None:
+            results = (score_shard(shard, features_dir, model_dir, batch_rows) for shard in shards)
+        else:
+            futures = [
+                pool.submit(score_shard, s.resolve(), features_dir.resolve(), model_dir.resolve(), batch_rows)
+                for s in shards
+            ]
+            results = (future.result() for future in futures)
+        parts = []
+        for part in results:
+            parts.append(part)
+            bar.update(len(part))
     bar.close()
     if rejects_file is not None and rejects_file.exists():
         rejects = pl.read_csv(rejects_file, schema_overrides={ID: pl.Int64, PROTEIN: pl.String})
@@ -145,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         batch_rows = params.resources.batch_rows
         if args.features:
-            submission = predict_file(args.features, args.rejects, args.models, batch_rows)
+            submission = predict_file(
+                args.features, args.rejects, args.models, batch_rows, params.resources.engine, workers(params)
+            )
         elif args.input:
             submission, _ = score_rows(read_molecules(args.input), args.models, batch_rows, workers(params))
         else:

@@ -136,6 +136,25 @@ def make_repo(path: Path, params: dict | None = None) -> Repo:
     return repo
 
 
+def clone(source: Repo, target: Path) -> Repo:
+    """A git clone of ``source`` that shares its DVC cache, with the outputs checked out."""
+    run(["git", "clone", "-q", str(source.path), str(target)], cwd=target.parent)
+    repo = Repo(target)
+    repo.dvc("cache", "dir", "--local", str(source.path / ".dvc" / "cache"))
+    repo.dvc("checkout", "-q")
+    return repo
+
+
+def lock_out_hashes(repo: Repo) -> dict[str, str]:
+    """``stage:path`` -> md5 of every output in the repository's dvc.lock."""
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    return {
+        f"{stage}:{out['path']}": out["md5"]
+        for stage, body in lock["stages"].items()
+        for out in body.get("outs", [])
+    }
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
     return make_repo(tmp_path / "repo")

@@ -8,9 +8,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {"generate", "featurize", "split", "train", "evaluate", "predict"}
-# Modules that shape no output (logging, progress, error messages): no stage lists them, so editing them reruns
+# Modules that shape no output (logging, progress, error messages; where work runs): no stage lists them, so editing them reruns
 # nothing. The one place that names them.
-OUTPUT_NEUTRAL = {"cli"}
+OUTPUT_NEUTRAL = {"cli", "engine"}
 
 
 def imported_modules(name: str, seen: set[str] | None = None) -> set[str]:

@@ -114,19 +114,30 @@ def test_featurize_killed_resumes_from_cache_and_a_second_repro_is_locked_out(tm
     resumed = tree_hashes(repo.path / "data/features")
     assert status(repo, "featurize@train").strip() == UP_TO_DATE
 
-    # An uninterrupted run from an empty cache gives the same bytes; a second repro meanwhile is refused.
+    # An uninterrupted run from an empty cache gives the same bytes; a second repro meanwhile is refused (the
+    # first is held just before its rename, so the second surely meets it running).
     shutil.rmtree(cache)
-    first = start(repo, "repro", "-f", "featurize@train")
-    wait_for(
-        lambda: bool(list((repo.path / "data/features").glob(".train.tmp-*"))), first, "featurize to start"
-    )
+    marker = pause_hook(tmp_path)
+    env = {**project_env(), "PYTHONPATH": str(marker.parent), "BELKA_PAUSE_BEFORE_RENAME": "train",
+           "BELKA_PAUSE_MARKER": str(marker)}  # fmt: skip
+    first = start(repo, "repro", "-f", "featurize@train", env=env)
+    wait_for(marker.exists, first, "featurize to reach its rename")
     second = repo.dvc("repro", "featurize@train", check=False)
     assert second.returncode != 0
     assert "lock" in (second.stdout + second.stderr).lower(), second.stderr
+    Path(f"{marker}.release").touch()
     _out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert REUSED.search(err).groups() == ("0", "6000")
     assert tree_hashes(repo.path / "data/features") == resumed
+
+
+def pause_hook(tmp_path: Path) -> Path:
+    """Install HOOK as sitecustomize in a directory (put it on PYTHONPATH); return the marker path it signals."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HOOK)
+    return hook / "paused"
 
 
 HOOK = """
@@ -137,8 +148,11 @@ if _target:
 
     def _paused_replace(src, dst, *args, **kwargs):
         if os.path.basename(os.fspath(dst)) == _target:
-            open(os.environ["BELKA_PAUSE_MARKER"], "w").close()
-            time.sleep(600)
+            marker = os.environ["BELKA_PAUSE_MARKER"]
+            open(marker, "w").close()
+            deadline = time.monotonic() + 600
+            while not os.path.exists(marker + ".release") and time.monotonic() < deadline:
+                time.sleep(0.05)
         return _replace(src, dst, *args, **kwargs)
 
     os.replace = _paused_replace
@@ -160,11 +174,8 @@ def test_stage_killed_before_its_output_is_renamed(
     """The most dangerous moment: the complete output sits under its temporary name. A hook (sitecustomize) holds
     the stage there so the kill lands deterministically."""
     before = output_hashes(copied)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK)
-    marker = tmp_path / "paused"
-    env = {**project_env(), "PYTHONPATH": str(hook), "BELKA_PAUSE_BEFORE_RENAME": target}
+    marker = pause_hook(tmp_path)
+    env = {**project_env(), "PYTHONPATH": str(marker.parent), "BELKA_PAUSE_BEFORE_RENAME": target}
     env["BELKA_PAUSE_MARKER"] = str(marker)
     process = start(copied, "repro", "-f", stage, env=env)
     wait_for(marker.exists, process, f"{stage} to reach the rename of {target}")

@@ -12,34 +12,16 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Repo, make_repo, ran_stages, run
+from tests.conftest import ROOT, Repo, clone, lock_out_hashes, make_repo, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
 ALL_STAGES = {"generate", "featurize@train", "featurize@test", "split", "train", "evaluate", "predict"}
 
 
-def clone(source: Repo, target: Path) -> Repo:
-    """A git clone of ``source`` that shares its DVC cache, with the outputs checked out."""
-    run(["git", "clone", "-q", str(source.path), str(target)], cwd=target.parent)
-    repo = Repo(target)
-    repo.dvc("cache", "dir", "--local", str(source.path / ".dvc" / "cache"))
-    repo.dvc("checkout", "-q")
-    return repo
-
-
 @pytest.fixture
 def cloned(reproduced_repo: Repo, tmp_path: Path) -> Repo:
     return clone(reproduced_repo, tmp_path / "clone")
-
-
-def lock_out_hashes(repo: Repo) -> dict[str, str]:
-    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
-    return {
-        f"{stage}:{out['path']}": out["md5"]
-        for stage, body in lock["stages"].items()
-        for out in body.get("outs", [])
-    }
 
 
 def test_full_repro_then_nothing_to_do(reproduced_repo: Repo) -> None:
