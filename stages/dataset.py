@@ -1,54 +1,21 @@
-"""Featurized rows joined with their molecule features, one batch at a time.
+"""Featurized rows, read one batch at a time.
 
-Features are stored once per unique molecule (``data/features/<split>/molecules``); rows refer to them by
-``molecule_key``. A batch of rows is expanded to a design matrix only when it is used, so memory holds one batch of
-rows, the key index (12 bytes a molecule) and a few molecule parts, never the whole table.
+A featurize output's ``rows/`` holds one row per input row: id, ``molecule_key``, protein, label and the keys of
+the three building blocks; the features themselves are stored once per molecule (:mod:`stages.molecules`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
-from stages.io import InputError, list_shards
-
-log = logging.getLogger("stages.dataset")
-T = TypeVar("T")
+from stages.io import list_shards
 
 KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")
-
-
-def read_manifest(features_dir: Path) -> dict:
-    path = Path(features_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found (featurize first: dvc repro)") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-
-
-def feature_spec(manifest: dict, source: Path) -> dict:
-    """The spec of the features (``chem.FeatureConfig.spec``) a featurize output was made with."""
-    spec = manifest.get("features")
-    if not isinstance(spec, dict) or "descriptors" not in spec:
-        raise InputError(f"{source}: manifest.json has no feature spec (made by an older version: dvc repro)")
-    return spec
-
-
-def unpack_fingerprints(packed: np.ndarray, n_bits: int) -> np.ndarray:
-    """Bit-packed fingerprints (n, n_bits / 8) to a 0/1 float32 matrix (n, n_bits)."""
-    return np.unpackbits(packed, axis=1, count=n_bits).astype(np.float32)
 
 
 def in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
@@ -57,125 +24,6 @@ def in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
     return sorted_keys[pos] == values
-
-
-def binary_matrix(column: pl.Series, width: int) -> np.ndarray:
-    """A Binary column of equal-length values to a uint8 matrix (n, width), without a Python loop."""
-    if width == 0 or len(column) == 0:
-        return np.zeros((len(column), width), dtype=np.uint8)
-    array = column.to_arrow()
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    array = array.cast(pa.large_binary())
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)
-    offsets = offsets[array.offset : array.offset + len(array) + 1]
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)
-    if not np.all(np.diff(offsets) == width):
-        raise InputError(f"fingerprint column: expected {width} bytes a molecule")
-    return data[offsets[0] : offsets[-1]].reshape(len(array), width)
-
-
-class PartIndex:
-    """Where each key lives among parquet parts: sorted keys with their part and row, 16 bytes a key.
-
-    A part that cannot be read raises, unless ``skip_unreadable`` (then its keys are simply not indexed).
-    """
-
-    def __init__(self, paths: list[Path], skip_unreadable: bool = False) -> None:
-        keys, owners, rows = [np.empty(0, np.int64)], [np.empty(0, np.int32)], [np.empty(0, np.int32)]
-        for number, path in enumerate(paths):
-            try:
-                part_keys = pl.read_parquet(path, columns=[KEY])[KEY].to_numpy()
-            except Exception:
-                if not skip_unreadable:
-                    raise
-                log.warning("ignoring unreadable part %s", path)
-                continue
-            keys.append(part_keys)
-            owners.append(np.full(len(part_keys), number, dtype=np.int32))
-            rows.append(np.arange(len(part_keys), dtype=np.int32))
-        all_keys = np.concatenate(keys)
-        order = np.argsort(all_keys, kind="stable")
-        self.keys = all_keys[order]
-        self.owner = np.concatenate(owners)[order]
-        self.row = np.concatenate(rows)[order]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(found mask, part number, row in part) for each key; part and row are meaningless where not found."""
-        if len(self.keys) == 0:
-            zeros = np.zeros(len(keys), dtype=np.int32)
-            return np.zeros(len(keys), dtype=bool), zeros, zeros
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return self.keys[pos] == keys, self.owner[pos], self.row[pos]
-
-
-class PartCache:
-    """The last few parts read, by number (least recently used goes first)."""
-
-    def __init__(self, load: Callable[[int], T], keep: int) -> None:
-        self.load, self.keep = load, keep
-        self.loaded: OrderedDict[int, T] = OrderedDict()
-
-    def get(self, number: int) -> T:
-        if number in self.loaded:
-            self.loaded.move_to_end(number)
-            return self.loaded[number]
-        value = self.loaded[number] = self.load(number)
-        if len(self.loaded) > self.keep:
-            self.loaded.popitem(last=False)
-        return value
-
-
-@dataclass
-class MoleculePart:
-    descriptors: np.ndarray  # float64 (m, number of descriptors)
-    fingerprints: np.ndarray  # uint8 (m, n_bits / 8)
-
-
-class MoleculeStore:
-    """Look up molecule features by key across the parts of a featurize output."""
-
-    def __init__(self, features_dir: Path, keep_parts: int = 8) -> None:
-        self.directory = Path(features_dir)
-        self.manifest = read_manifest(self.directory)
-        self.spec = feature_spec(self.manifest, self.directory)
-        self.descriptors = list(self.spec["descriptors"])
-        fp = self.spec["fingerprint"]
-        self.n_bits = fp["n_bits"] if fp["enabled"] else 0
-        self.parts = list_shards(self.directory / "molecules")
-        self.index = PartIndex(self.parts)
-        self.cache = PartCache(self._load, keep_parts)
-
-    def _load(self, number: int) -> MoleculePart:
-        frame = pl.read_parquet(self.parts[number])
-        return MoleculePart(
-            descriptors=frame.select(self.descriptors).to_numpy().astype(np.float64),
-            fingerprints=binary_matrix(frame["fp"], self.n_bits // 8)
-            if self.n_bits
-            else np.zeros((len(frame), 0)),
-        )
-
-    def lookup(self, keys: np.ndarray) -> MoleculePart:
-        """Descriptors and packed fingerprints for ``keys``, in the same order; every key must be known."""
-        found, owner, row = self.index.locate(keys)
-        if not found.all():
-            raise InputError(
-                f"{self.directory}: {int((~found).sum())} row(s) refer to molecules missing from molecules/"
-            )
-        descriptors = np.empty((len(keys), len(self.descriptors)), dtype=np.float64)
-        fingerprints = np.empty((len(keys), self.n_bits // 8), dtype=np.uint8)
-        for number in np.unique(owner):
-            mask = owner == number
-            part = self.cache.get(int(number))
-            descriptors[mask] = part.descriptors[row[mask]]
-            fingerprints[mask] = part.fingerprints[row[mask]]
-        return MoleculePart(descriptors, fingerprints)
-
-    def unpack(self, packed: np.ndarray) -> np.ndarray:
-        return unpack_fingerprints(packed, self.n_bits)
 
 
 def iter_row_batches(

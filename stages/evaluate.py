@@ -25,9 +25,10 @@ import polars as pl
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import BB_KEYS, MoleculeStore, count_rows, in_sorted, iter_row_batches
+from stages.dataset import BB_KEYS, count_rows, in_sorted, iter_row_batches
 from stages.io import BINDS, PROTEIN, atomic_dir, write_csv, write_json
 from stages.model import Model, load_model
+from stages.molecules import MoleculeStore
 from stages.params import Evaluate, load_params
 
 log = logging.getLogger("stages.evaluate")

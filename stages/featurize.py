@@ -21,8 +21,6 @@ computed. The output does not depend on what the cache held: a rerun is byte-ide
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -35,7 +33,7 @@ import polars as pl
 
 from stages import chem, engine
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import BB_KEYS, KEY, PartCache, PartIndex
+from stages.dataset import BB_KEYS, KEY
 from stages.io import (
     BB_COLUMNS,
     BINDS,
@@ -52,6 +50,7 @@ from stages.io import (
     write_json,
     write_parquet,
 )
+from stages.molecules import CHECK, FeatureCache, cache_namespace, feature_frame, molecule_schema
 from stages.params import Params, load_params, workers
 
 log = logging.getLogger("stages.featurize")
@@ -64,8 +63,6 @@ ROW_SCHEMA = {
     **dict.fromkeys(BB_KEYS, pl.Int64),
 }
 REJECT_SCHEMA = {ID: pl.Int64, PROTEIN: pl.String, SMILES: pl.String, "reason": pl.String}
-CHECK = "check"  # 32 more bits of the molecule's hash, to detect two molecules with one key
-CACHE_FORMAT = 2
 
 
 class KeyCollisionError(InputError):
@@ -81,14 +78,6 @@ def feature_config(params: Params) -> chem.FeatureConfig:
         n_bits=settings.fingerprint.n_bits,
         max_smiles_length=settings.max_smiles_length,
     )
-
-
-def molecule_schema(config: chem.FeatureConfig) -> dict[str, pl.DataType]:
-    schema: dict[str, pl.DataType] = {KEY: pl.Int64}
-    schema.update(dict.fromkeys(config.descriptors, pl.Float64))
-    if config.fingerprint:
-        schema["fp"] = pl.Binary
-    return schema
 
 
 @dataclass(frozen=True)
@@ -263,79 +252,6 @@ def row_frame(valid: pl.DataFrame) -> pl.DataFrame:
     return valid.select(pl.col(ID), pl.col(KEY), pl.col(PROTEIN), binds.alias(BINDS), *BB_KEYS).cast(
         ROW_SCHEMA
     )
-
-
-def feature_frame(
-    molecules: pl.DataFrame, batch: chem.FeatureBatch, config: chem.FeatureConfig
-) -> pl.DataFrame:
-    """Computed features of ``molecules`` (key, check) as a table: key, check, descriptors, fp, reason."""
-    columns: dict[str, object] = {KEY: molecules[KEY], CHECK: molecules[CHECK]}
-    for i, name in enumerate(config.descriptors):
-        columns[name] = batch.descriptors[:, i]
-    if config.fingerprint:
-        columns["fp"] = [row.tobytes() for row in batch.fp]
-    frame = pl.DataFrame(columns, schema={**molecule_schema(config), CHECK: pl.Int64})
-    return frame.with_columns(pl.Series("reason", batch.reasons, dtype=pl.String))
-
-
-# ---------------------------------------------------------------------------------------------- the cache
-
-
-def cache_namespace(config: chem.FeatureConfig) -> str:
-    """Features depend on the configuration, RDKit's version and the chemistry code: the spec holds all three."""
-    spec = json.dumps([CACHE_FORMAT, config.spec()], sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
-
-
-class FeatureCache:
-    """Immutable parquet parts of computed molecule features (key, check, features, reason), content-addressed.
-
-    What the cache held at start is indexed (16 bytes a molecule); a part is read when one of its molecules is
-    needed, and the last few read are kept. A damaged part is ignored: its molecules are computed again. Parts are
-    written atomically under unique temporary names, so runs sharing the cache never see or remove each other's
-    unfinished files.
-    """
-
-    def __init__(self, directory: Path | None, schema: dict[str, pl.DataType], keep_parts: int = 4) -> None:
-        self.directory = directory
-        self.schema = {**schema, CHECK: pl.Int64, "reason": pl.String}
-        self.parts = sorted(directory.glob("part-*.parquet")) if directory and directory.is_dir() else []
-        self.index = PartIndex(self.parts, skip_unreadable=True)
-        self.cache = PartCache(
-            lambda number: pl.read_parquet(self.parts[number]).select(list(self.schema)).cast(self.schema),
-            keep_parts,
-        )
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def lookup(self, molecules: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-        """Features of the cached ones among ``molecules`` (key, check) and a mask of which were cached. A cached
-        entry whose check differs is another molecule with the same key: not used."""
-        found, owner, row = self.index.locate(molecules[KEY].to_numpy())
-        frames = [
-            self.cache.get(int(number))[row[found & (owner == number)]] for number in np.unique(owner[found])
-        ]
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema=self.schema)
-        if len(frame):
-            wanted = molecules.filter(pl.Series(found)).select(KEY, CHECK)
-            same = frame.join(wanted, on=[KEY, CHECK], how="semi")
-            if len(same) < len(frame):
-                log.warning(
-                    "%d cached molecule(s) share a key with another molecule; computing them",
-                    len(frame) - len(same),
-                )
-                found &= np.isin(molecules[KEY].to_numpy(), same[KEY].to_numpy())
-            frame = same
-        return frame, found
-
-    def add(self, frame: pl.DataFrame) -> None:
-        if len(frame) == 0 or self.directory is None:
-            return
-        digest = hashlib.sha256(frame[KEY].to_numpy().tobytes()).hexdigest()[:24]
-        path = self.directory / f"part-{digest}.parquet"
-        if not path.exists():
-            write_parquet(frame, path)
 
 
 # ---------------------------------------------------------------------------------------------- workers

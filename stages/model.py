@@ -20,8 +20,8 @@ import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages.chem import spec_differences
-from stages.dataset import MoleculeStore
 from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
+from stages.molecules import MoleculeStore
 
 SCHEMA_VERSION = 2
 ENCODER, SCALER, MODEL, MANIFEST = "encoder.json", "scaler.json", "model.json", "manifest.json"

@@ -26,9 +26,10 @@ import polars as pl
 from stages import engine, featurize
 from stages.chem import FeatureConfig
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import MoleculeStore, count_rows
+from stages.dataset import count_rows
 from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, InputError, list_shards, write_csv, write_parquet
 from stages.model import Model, load_model
+from stages.molecules import MoleculeStore
 from stages.params import load_params, workers
 
 log = logging.getLogger("stages.predict")

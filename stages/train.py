@@ -30,9 +30,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import MoleculeStore, iter_row_batches
+from stages.dataset import iter_row_batches
 from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, list_shards
 from stages.model import design_matrix, feature_names, save_model
+from stages.molecules import MoleculeStore
 from stages.params import Params, load_params, threads
 from stages.split import uniform_hash
 

@@ -7,7 +7,7 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors
 
 from stages import chem
-from stages.dataset import unpack_fingerprints
+from stages.molecules import unpack_fingerprints
 
 # A real Kaggle row: building block 1 (an Fmoc amino acid) sits on the triazine; its acid is the DNA-linked amide.
 KAGGLE_SMILES = "Cc1ccc(C#N)cc1Nc1nc(NCCC(C)S(C)=O)nc(Nc2cccc(C(=O)N[Dy])c2C(=O)O)n1"

@@ -3,6 +3,7 @@ feature cache, configurable descriptors. Each case here failed before its fix.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
-from stages import chem, featurize
+from stages import chem
 from stages.featurize import KeyCollisionError, featurize_file
 from stages.io import atomic_file
 from tests.conftest import ROOT, project_env, tree_hashes
@@ -126,7 +127,7 @@ def test_descriptors_are_configurable(tmp_path):
     assert first["TPSA"] == pytest.approx(Descriptors.TPSA(mol)) and first["MolWt"] == pytest.approx(
         Descriptors.MolWt(mol)
     )
-    manifest = featurize.json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["features"]["descriptors"] == ["TPSA", "MolWt"]
 
 
