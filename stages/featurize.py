@@ -312,7 +312,8 @@ def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, nee
     cache_dir = opts.cache_dir / cache_namespace(config) if opts.cache_dir else None
     cache = FeatureCache(cache_dir, molecule_schema(config))
     with engine.executor(opts.engine, opts.workers) as pool:
-        if isinstance(pool, engine.LazyProcessPool) and raw_row_count(source) >= 3 * FeatureWorkers.SMALL:
+        rows = raw_row_count(source)
+        if isinstance(pool, engine.LazyProcessPool) and (rows is None or rows >= 3 * FeatureWorkers.SMALL):
             pool.warm_up(chem.warm_up, config)
         rdkit_work = FeatureWorkers(pool, opts.workers, config, always=opts.engine == "dask")
         return _featurize(source, output, rejects_path, opts, needs_binds, cache, rdkit_work)

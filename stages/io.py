@@ -22,7 +22,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 log = logging.getLogger("stages")
@@ -168,22 +167,64 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
 _STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 
 
-def _open_dataset(path: Path) -> pads.Dataset:
-    if not path.exists():
-        raise InputError(
-            f"{path}: input not found (check inputs in params.yaml, or run dvc repro / dvc pull)"
+class RawInput:
+    """A raw BELKA input: a parquet file, a directory of parquet files (read in sorted path order, hidden and
+    ``_``-prefixed names skipped, as Spark and pyarrow write them), or a CSV file. Read with ``pyarrow.parquet``
+    and ``pyarrow.csv`` streaming readers (``pyarrow.dataset`` would import pandas, a second of start-up)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(
+                f"{self.path}: input not found (check inputs in params.yaml, or run dvc repro / dvc pull)"
+            )
+        self.csv = self.path.is_file() and self.path.suffix.lower() == ".csv"
+        if self.csv:
+            self.files = [self.path]
+            return
+        if self.path.is_dir():
+            self.files = sorted(
+                p for p in self.path.rglob("*")
+                if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(self.path).parts)
+            )  # fmt: skip
+            if not self.files:
+                raise InputError(f"{self.path}: a directory without parquet files")
+        else:
+            self.files = [self.path]
+        self.parquet = [self._parquet(file) for file in self.files]  # fails early on a truncated file
+
+    def _parquet(self, file: Path) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            where = f" ({file.name})" if file != self.path else ""
+            raise InputError(f"{self.path}: not a readable parquet file{where} ({exc})") from None
+
+    def _csv_reader(self, columns: list[str] | None = None) -> pacsv.CSVStreamingReader:
+        convert = pacsv.ConvertOptions(
+            column_types={ID: pa.int64(), BINDS: pa.int64()}, include_columns=columns
         )
-    fmt = "csv" if path.suffix.lower() == ".csv" else "parquet"
-    try:
-        if fmt == "csv":
-            options = pacsv.ConvertOptions(column_types={ID: pa.int64(), BINDS: pa.int64()})
-            return pads.dataset(path, format=pads.CsvFileFormat(convert_options=options))
-        dataset = pads.dataset(path, format="parquet", exclude_invalid_files=False)
-        for fragment in dataset.get_fragments():
-            pq.ParquetFile(fragment.path).metadata  # noqa: B018 - fail early on a truncated file
-        return dataset
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InputError(f"{path}: not a readable {fmt} file ({exc})") from None
+        try:
+            return pacsv.open_csv(self.path, convert_options=convert)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{self.path}: not a readable csv file ({exc})") from None
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._csv_reader().schema if self.csv else self.parquet[0].schema_arrow
+
+    def row_count(self) -> int | None:
+        """Rows in the input, from the parquet footers; None for a CSV (it would take a pass to count)."""
+        return None if self.csv else sum(file.metadata.num_rows for file in self.parquet)
+
+    def batches(self, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        if self.csv:
+            yield from self._csv_reader(columns)
+            return
+        for file, parquet in zip(self.files, self.parquet, strict=True):
+            if file != self.files[0]:
+                check_raw_schema(parquet.schema_arrow, f"{self.path} ({file.name})", BINDS in columns)
+            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def check_raw_schema(schema: pa.Schema, source: str, needs_binds: bool) -> list[str]:
@@ -211,35 +252,26 @@ def check_raw_schema(schema: pa.Schema, source: str, needs_binds: bool) -> list[
 
 
 def raw_columns(path: str | os.PathLike[str]) -> list[str]:
-    return _open_dataset(Path(path)).schema.names
+    return RawInput(path).schema.names
 
 
-def raw_row_count(path: str | os.PathLike[str]) -> int:
-    dataset = _open_dataset(Path(path))
-    try:
-        return dataset.count_rows()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: cannot be read ({exc})") from None
+def raw_row_count(path: str | os.PathLike[str]) -> int | None:
+    return RawInput(path).row_count()
 
 
 def iter_raw_batches(
     path: str | os.PathLike[str], batch_rows: int, needs_binds: bool
 ) -> Iterator[pl.DataFrame]:
     """Stream a raw BELKA file (parquet file, directory of parquet files, or csv) in batches of exactly
-    ``batch_rows`` rows (the last may be shorter), so shard boundaries depend on the data only."""
-    path = Path(path)
-    dataset = _open_dataset(path)
-    columns = check_raw_schema(dataset.schema, str(path), needs_binds)
+    ``batch_rows`` rows (the last may be shorter), so shard boundaries depend on the data only. Memory holds one
+    batch and one read-ahead of at most 65,536 rows."""
+    raw = RawInput(path)
+    columns = check_raw_schema(raw.schema, str(raw.path), needs_binds)
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     total = 0
     try:
-        # Read ahead one batch at most: the scanner's defaults (16 batches, 4 files) hold up to ~1M rows of strings
-        # in memory, which made peak memory grow with the input until that bound.
-        batches = dataset.to_batches(
-            columns=columns, batch_size=min(batch_rows, 1 << 16), batch_readahead=1, fragment_readahead=1
-        )
-        for batch in batches:
+        for batch in raw.batches(columns, min(batch_rows, 1 << 16)):
             pending.append(batch)
             pending_rows += batch.num_rows
             while pending_rows >= batch_rows:
@@ -249,12 +281,12 @@ def iter_raw_batches(
                 pending, pending_rows = rest.to_batches(), rest.num_rows
                 total += batch_rows
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise InputError(f"{path}: cannot be read after {total} rows ({exc})") from None
+        raise InputError(f"{raw.path}: cannot be read after {total} rows ({exc})") from None
     if pending_rows:
         yield _raw_frame(pa.Table.from_batches(pending))
         total += pending_rows
     if total == 0:
-        raise InputError(f"{path}: has no rows (expected BELKA rows with {', '.join(RAW_COLUMNS)})")
+        raise InputError(f"{raw.path}: has no rows (expected BELKA rows with {', '.join(RAW_COLUMNS)})")
 
 
 def _raw_frame(table: pa.Table) -> pl.DataFrame:

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from stages import predict
 from stages.featurize import featurize_file
 from stages.io import InputError
 from stages.model import load_model
@@ -63,8 +64,16 @@ def test_features_made_with_another_rdkit_or_code_are_refused(mini_run: MiniRun,
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess:
+    """The real command, in its own process."""
     return subprocess.run([sys.executable, "-m", "stages.predict", *args], cwd=ROOT, env=project_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def predict_main(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """The command's main() in this process (its exit code, stdout and stderr), without the import cost."""
+    code = predict.main([*args, "--params", str(ROOT / "params.yaml")])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def test_scoring_a_file_on_demand_equals_the_submission(mini_run: MiniRun, tmp_path: Path):
@@ -76,18 +85,18 @@ def test_scoring_a_file_on_demand_equals_the_submission(mini_run: MiniRun, tmp_p
     assert out.read_bytes() == mini_run.submission.read_bytes()
 
 
-def test_scoring_one_smiles_prints_its_submission_probability(mini_run: MiniRun):
+def test_scoring_one_smiles_prints_its_submission_probability(mini_run: MiniRun, capsys):
     test = pl.read_parquet(mini_run.raw_test)
     submission = pl.read_csv(mini_run.submission)
     for row in test.head(2).iter_rows(named=True):
-        result = predict_cli("--models", str(mini_run.models), "--smiles", row["molecule_smiles"], "--protein",
-                             row["protein_name"])  # fmt: skip
+        result = predict_main(capsys, "--models", str(mini_run.models), "--smiles", row["molecule_smiles"],
+                              "--protein", row["protein_name"])  # fmt: skip
         assert result.returncode == 0, result.stderr
         expected = submission.filter(pl.col("id") == row["id"])["binds"][0]
         assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-12)
 
 
-def test_a_csv_without_ids_gets_one_row_per_input_row(mini_run: MiniRun, tmp_path: Path):
+def test_a_csv_without_ids_gets_one_row_per_input_row(mini_run: MiniRun, tmp_path: Path, capsys):
     test = pl.read_parquet(mini_run.raw_test).head(5)
     source = tmp_path / "molecules.csv"
     test.select("molecule_smiles", "protein_name").with_columns(
@@ -97,7 +106,9 @@ def test_a_csv_without_ids_gets_one_row_per_input_row(mini_run: MiniRun, tmp_pat
         .alias("molecule_smiles")
     ).write_csv(source)
     out = tmp_path / "scored.csv"
-    result = predict_cli("--models", str(mini_run.models), "--input", str(source), "--output", str(out))
+    result = predict_main(
+        capsys, "--models", str(mini_run.models), "--input", str(source), "--output", str(out)
+    )
     assert result.returncode == 0, result.stderr
     scored = pl.read_csv(out)
     assert scored.columns == ["id", "binds"] and scored["id"].to_list() == [0, 1, 2, 3, 4]
@@ -113,6 +124,6 @@ def test_a_csv_without_ids_gets_one_row_per_input_row(mini_run: MiniRun, tmp_pat
         (["--smiles", "CC(=O)N[Dy]", "--protein", "EGFR"], "unknown protein_name value(s) 'EGFR'"),
     ],
 )
-def test_scoring_bad_input_is_one_clear_error(mini_run: MiniRun, args: list[str], message: str):
-    result = predict_cli("--models", str(mini_run.models), *args)
+def test_scoring_bad_input_is_one_clear_error(mini_run: MiniRun, args: list[str], message: str, capsys):
+    result = predict_main(capsys, "--models", str(mini_run.models), *args)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
