@@ -6,7 +6,9 @@ nothing.
     python bench/bench.py --sizes 3000,9000 --train-sizes 9000 --trees 5 --results /tmp/r.md   # a smoke run
 
 Every stage runs as its own ``python -m stages.<name>`` process; a thread sums the RSS of that process and all its
-children (the featurize pool) every 0.2 s, and the peak of the sum is reported.
+children (the featurize pool) every 0.2 s, and the peak of the sum is reported. Train is also compared with its
+in-memory limit (``_limit``: the same rows and features as one numpy array given straight to XGBoost) and the two
+models' valid AUC/AP (``_agree``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,6 +192,112 @@ def ceiling(source: str, molecules: int, params_file: str) -> dict:
     }
 
 
+def limit(params_file: str, split_dir: str, features_dir: str, model_dir: str) -> dict:
+    """Train's limit: the same sampled rows and features as ``stages.train``, but as one in-memory numpy array
+    given straight to XGBoost (no data iterator, no batches). Same encoder/scaler fitting, same booster params,
+    rounds and per-round evals (train and the sampled valid part); the model is saved like train saves it."""
+    import polars as pl
+    import xgboost as xgb
+
+    from stages.io import BINDS, list_shards
+    from stages.model import design_matrix, save_model
+    from stages.molecules import MoleculeStore
+    from stages.params import load_params, threads
+    from stages.train import fit_preprocessing, sample_rows
+
+    params = load_params(params_file)
+    settings = params.train
+    store = MoleculeStore(Path(features_dir))
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = now - clock
+        clock = now
+
+    def sample(rows: pl.DataFrame) -> pl.DataFrame:
+        return sample_rows(rows, settings.negative_sample_rate, settings.seed)
+
+    def read_all(side: str) -> pl.DataFrame:
+        return pl.concat([pl.read_parquet(path) for path in list_shards(Path(split_dir) / side)])
+
+    train_rows = read_all("train")
+    encoder, scaler, _ = fit_preprocessing(lambda: iter([train_rows]), sample, store)  # one "batch": all rows
+    train_rows, valid_rows = sample(train_rows), sample(read_all("valid"))
+    lap("rows")
+    x_train = design_matrix(train_rows, store, encoder, scaler)
+    x_valid = design_matrix(valid_rows, store, encoder, scaler)
+    lap("matrix")
+
+    def quantised(x, rows: pl.DataFrame, ref=None) -> xgb.QuantileDMatrix:
+        label, weight = rows[BINDS].to_numpy().astype("float32"), rows["weight"].to_numpy()
+        return xgb.QuantileDMatrix(x, label=label, weight=weight, max_bin=params.xgb.max_bin, ref=ref)
+
+    dtrain = quantised(x_train, train_rows)
+    dvalid = quantised(x_valid, valid_rows, ref=dtrain)
+    matrix_bytes = x_train.nbytes + x_valid.nbytes
+    del x_train, x_valid  # the quantised matrices hold what boosting needs
+    lap("dmatrix")
+    booster_params = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params))).get_xgb_params()
+    evals: dict = {}
+    booster = xgb.train(
+        booster_params,
+        dtrain,
+        num_boost_round=params.xgb.n_estimators,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        evals_result=evals,
+        verbose_eval=False,
+    )
+    lap("boost")
+    save_model(Path(model_dir), encoder, scaler, booster, {"features": store.spec})
+    lap("save")
+    return {
+        "rows": dtrain.num_row(),
+        "features": dtrain.num_col(),
+        "valid_rows": dvalid.num_row(),
+        "rounds": booster.num_boosted_rounds(),
+        "matrix_bytes": matrix_bytes,
+        "phases": phases,
+        "valid_metric": {name: values[-1] for name, values in evals["valid"].items()},
+    }
+
+
+def agree(split_dir: str, features_dir: str, pipeline_dir: str, limit_dir: str, batch_rows: int) -> dict:
+    """Score every valid row (unsampled, unweighted) with train's model and the limit's, each through its own
+    encoder and scaler (``stages.model.load_model``): trees, ROC AUC and average precision of each."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from stages.dataset import iter_row_batches
+    from stages.io import BINDS
+    from stages.model import load_model
+    from stages.molecules import MoleculeStore
+
+    store = MoleculeStore(Path(features_dir))
+    models = {"pipeline": load_model(Path(pipeline_dir)), "limit": load_model(Path(limit_dir))}
+    labels: list[np.ndarray] = []
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    for rows in iter_row_batches(Path(split_dir) / "valid", batch_rows):
+        labels.append(rows[BINDS].to_numpy())
+        for name, model in models.items():
+            scores[name].append(model.predict(rows, store))
+    y = np.concatenate(labels)
+    both_classes = 0 < y.sum() < len(y)
+    result: dict = {"valid_rows": len(y), "positives": int(y.sum())}
+    for name, model in models.items():
+        p = np.concatenate(scores[name])
+        result[name] = {
+            "trees": model.booster.num_boosted_rounds(),
+            "roc_auc": float(roc_auc_score(y, p)) if both_classes else None,
+            "ap": float(average_precision_score(y, p)) if both_classes else None,
+        }
+    diff = np.abs(np.concatenate(scores["pipeline"]) - np.concatenate(scores["limit"]))
+    result["mean_abs_diff"], result["max_abs_diff"] = float(diff.mean()), float(diff.max())
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -205,6 +314,14 @@ def write_params(path: Path, args: argparse.Namespace, trees: int) -> Path:
     return path
 
 
+def fastest(runs: list[dict]) -> dict:
+    """The fastest of repeated measurements, with every run's seconds and the highest peak RSS of them all."""
+    best = dict(min(runs, key=lambda r: r["seconds"]))
+    best["all_seconds"] = [r["seconds"] for r in runs]
+    best["peak_rss"] = max(r["peak_rss"] for r in runs)
+    return best
+
+
 def trees_for(size: int, args: argparse.Namespace) -> int:
     return args.trees if size <= args.sizes[0] else args.trees_large
 
@@ -215,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("_naive", "_ceiling"):
         func = naive if argv[0] == "_naive" else ceiling
         print(json.dumps(func(argv[1], int(argv[2]), argv[3])))
+        return 0
+    if argv and argv[0] == "_limit":
+        print(json.dumps(limit(*argv[1:5])))
+        return 0
+    if argv and argv[0] == "_agree":
+        print(json.dumps(agree(*argv[1:5], int(argv[5]))))
         return 0
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -231,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", type=int, default=50, help="xgb.n_estimators at the smallest size")
     parser.add_argument("--trees-large", type=int, default=20, help="xgb.n_estimators at the larger sizes")
     parser.add_argument("--negative-sample-rate", type=float, default=0.05)
+    parser.add_argument(
+        "--train-repeats",
+        type=int,
+        default=1,
+        help="run train and its in-memory limit this many times each, alternated; report the fastest of each",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / ".work")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -325,30 +454,41 @@ def main(argv: list[str] | None = None) -> int:
                 check=True,
                 capture_output=True,
             )
-            train = run_measured(
-                [
-                    py,
-                    "-m",
-                    "stages.train",
-                    "--params",
-                    str(params),
-                    "--split",
-                    str(split),
-                    "--features",
-                    str(out),
-                    "--models",
-                    str(work / f"models-{tag}"),
-                    "--live",
-                    str(work / f"live-{tag}"),
-                ],
-                logs / f"train-{tag}.log",
-            )
+            train_cmd = [py, "-m", "stages.train", "--params", str(params), "--split", str(split)]
+            train_cmd += ["--features", str(out), "--models", str(work / f"models-{tag}")]
+            train_cmd += ["--live", str(work / f"live-{tag}")]
+            limit_dir = work / f"limit-model-{tag}"
+            limit_cmd = ["_limit", str(params), str(split), str(out), str(limit_dir)]
+            trains, limits = [], []
+            for _ in range(args.train_repeats):  # alternated, so a burst of load hits both alike
+                trains.append(run_measured(train_cmd, logs / f"train-{tag}.log"))
+                limits.append(helper(limit_cmd, logs / f"limit-{tag}.log"))
+            train, lim = fastest(trains), fastest(limits)
             train["trees"] = trees
-            manifest = json.loads((work / f"models-{tag}" / "manifest.json").read_text())
-            train["train_rows"] = sum(manifest.get("train_rows", {}).values())
+            # manifest.json's train_rows counts rows before negative sampling; train's log has the sampled rows
+            trained = re.search(r"trained on (\d+) rows", (logs / f"train-{tag}.log").read_text())
+            train["train_rows"] = int(trained.group(1)) if trained else None
             run["train"] = train
             print(
                 f"[{tag}] train {train['seconds']:.1f}s, peak RSS {train['peak_rss'] / GB:.2f} GB", flush=True
+            )
+            lim["agree"] = helper(
+                [
+                    "_agree",
+                    str(split),
+                    str(out),
+                    str(work / f"models-{tag}"),
+                    str(limit_dir),
+                    str(batch_rows),
+                ],
+                logs / f"agree-{tag}.log",
+            )
+            run["limit"] = lim
+            print(
+                f"[{tag}] in-memory limit {lim['seconds']:.1f}s, peak RSS {lim['peak_rss'] / GB:.2f} GB "
+                f"(train/limit: time {train['seconds'] / lim['seconds']:.2f}x, "
+                f"RSS {train['peak_rss'] / lim['peak_rss']:.2f}x)",
+                flush=True,
             )
             shutil.rmtree(split)
 
@@ -377,6 +517,94 @@ def markdown_table(columns: list[str], rows: list[list[str]], text_columns: int 
     return ["| " + " | ".join(columns) + " |", "|" + "|".join(rule) + "|"] + [
         "| " + " | ".join(row) + " |" for row in rows
     ]
+
+
+def count(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
+
+
+def metric(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def limit_section(runs: dict, sizes: list[int]) -> list[str]:
+    """Train's process against the same rows and features given to XGBoost as one in-memory numpy array."""
+    lines = [
+        "## Train against the in-memory limit",
+        "",
+        "The limit is the same training done the simplest way XGBoost allows when everything fits in memory: "
+        "the same split rows after the same negative sampling, the encoder and scaler fitted by the same "
+        "`stages.train.fit_preprocessing`, the whole design matrix built once by `stages.model.design_matrix` "
+        "as one float32 numpy array (train and the sampled valid part), given straight to "
+        "`xgboost.QuantileDMatrix(X, label, weight, max_bin)` (no `DataIter`, no batches; the arrays are "
+        "freed once quantised), then `xgboost.train` with the booster params of "
+        "`XGBClassifier(**xgb).get_xgb_params()`, the same rounds and the same per-round evals on train and "
+        "valid, and the model saved with `stages.model.save_model`. Both run as their own process (`bench.py "
+        "_limit`); seconds are the process's wall clock (start-up and imports included), peak RSS is sampled "
+        "like the stages'. `time x` and `RSS x` are train / limit; `start-up s` is the limit's wall clock outside its timed phases "
+        "(interpreter start, imports, reading params, exit); `time x less start-up` subtracts it from both (both "
+        "import `stages.train`, so train's is about the same). `CPU s` is the CPU time of the process tree, which other jobs' load distorts less "
+        "than wall time. With `--train-repeats` N > 1, train and the limit ran N times each, alternated: the "
+        "fastest run of each is shown (every run's seconds below the table) with the highest peak RSS of its runs.",
+        "",
+    ]
+    rows = []
+    for size in sizes:
+        r, t, lim = runs[size], runs[size]["train"], runs[size]["limit"]
+        ph = lim["phases"]
+        same = "yes" if t["train_rows"] == lim["rows"] else f"**no** ({count(t['train_rows'])})"
+        startup = lim["seconds"] - sum(ph.values())  # start-up, imports and exit: all but the timed phases
+        compute_ratio = (t["seconds"] - startup) / max(lim["seconds"] - startup, 1e-9)
+        rows.append(
+            [f"{r['rows']:,}", f"{lim['rows']:,}", same, f"{lim['features']:,}", str(t["trees"]),
+             f"{t['seconds']:.1f}", f"{lim['seconds']:.1f}", f"{t['seconds'] / lim['seconds']:.2f}x",
+             f"{startup:.1f}", f"{compute_ratio:.2f}x", f"{t['cpu_seconds']:.0f} / {lim['cpu_seconds']:.0f}",
+             f"{t['cpu_seconds'] / lim['cpu_seconds']:.2f}x",
+             f"{t['peak_rss'] / GB:.2f} GB", f"{lim['peak_rss'] / GB:.2f} GB",
+             f"{t['peak_rss'] / lim['peak_rss']:.2f}x", f"{lim['matrix_bytes'] / GB:.2f} GB",
+             f"{ph['rows']:.1f} / {ph['matrix']:.1f} / {ph['dmatrix']:.1f} / {ph['boost']:.1f}",
+             f"{t['load']:.1f} / {lim['load']:.1f}"]
+        )  # fmt: skip
+    lines += markdown_table(
+        ["input rows", "train rows (limit)", "same rows in train", "features", "rounds", "train s", "limit s",
+         "time x", "start-up s", "time x less start-up", "CPU s (train / limit)", "CPU x", "train peak RSS", "limit peak RSS", "RSS x", "limit's float32 arrays",
+         "limit phases s: rows+fit / matrix / quantise / boost", "load"],
+        rows,
+    )  # fmt: skip
+    repeated = [size for size in sizes if len(runs[size]["train"].get("all_seconds", [])) > 1]
+    if repeated:
+        lines.append("")
+    for size in repeated:
+        t, lim = runs[size]["train"], runs[size]["limit"]
+        lines.append(
+            f"- {human(runs[size]['rows'])} rows, seconds of each run: train "
+            f"{', '.join(f'{x:.1f}' for x in t['all_seconds'])}; limit "
+            f"{', '.join(f'{x:.1f}' for x in lim['all_seconds'])}"
+        )
+    lines += [
+        "",
+        "Agreement: both models score every valid row (unsampled, unweighted), each through its own encoder and "
+        "scaler; the two are built differently (batched vs one-array quantile sketch), so their trees are not "
+        "byte-equal and small metric differences are expected.",
+        "",
+    ]
+    rows = []
+    for size in sizes:
+        a = runs[size]["limit"]["agree"]
+        p, lim = a["pipeline"], a["limit"]
+        auc_diff = "n/a" if p["roc_auc"] is None else f"{abs(p['roc_auc'] - lim['roc_auc']):.4f}"
+        rows.append(
+            [f"{runs[size]['rows']:,}", f"{a['valid_rows']:,}", f"{a['positives']:,}",
+             f"{p['trees']} / {lim['trees']}", f"{metric(p['roc_auc'])} / {metric(lim['roc_auc'])}", auc_diff,
+             f"{metric(p['ap'])} / {metric(lim['ap'])}", f"{a['mean_abs_diff']:.1e}", f"{a['max_abs_diff']:.1e}"]
+        )  # fmt: skip
+    lines += markdown_table(
+        ["input rows", "valid rows", "positives", "trees (train / limit)", "ROC AUC (train / limit)",
+         "AUC abs diff", "AP (train / limit)",
+         "mean abs prob diff", "max abs prob diff"],
+        rows,
+    )  # fmt: skip
+    return lines
 
 
 def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits: int, batch_rows: int) -> str:
@@ -460,13 +688,16 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
         for size in trained:
             r, t = runs[size], runs[size]["train"]
             train_rows.append(
-                [f"{r['rows']:,}", f"{t['train_rows']:,}", str(t["trees"]), f"{t['seconds']:.1f}",
+                [f"{r['rows']:,}", count(t["train_rows"]), str(t["trees"]), f"{t['seconds']:.1f}",
                  f"{t['cpu_seconds']:.0f}", f"{t['load']:.1f}", f"{t['peak_rss'] / GB:.2f} GB"]
             )  # fmt: skip
         lines += markdown_table(
             ["input rows", "sampled train rows", "trees", "seconds", "CPU s", "load", "peak RSS (tree)"],
             train_rows,
         )
+    limited = [s for s in trained if "limit" in runs[s]]
+    if limited:
+        lines += ["", *limit_section(runs, limited)]
 
     large_rate = large["rows"] / large["featurize"]["seconds"]
     rss_ratio = large["featurize"]["peak_rss"] / small["featurize"]["peak_rss"]

@@ -3,6 +3,7 @@ figures themselves are not asserted (they mean nothing at this size)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,8 @@ def test_bench_small_run(tmp_path):
         "300",
         "--negative-sample-rate",
         "0.2",
+        "--train-repeats",
+        "2",
         "--workers",
         "2",
         "--batch-rows",
@@ -62,6 +65,11 @@ def test_bench_small_run(tmp_path):
     text = results.read_text()
     for heading in ("## Featurize", "## Appending 10%", "## Train", "## Targets", "## Projection"):
         assert heading in text
+    # train against the same rows and features given to XGBoost as one in-memory array
+    limit = text.split("## Train against the in-memory limit", 1)[1].split("## Targets", 1)[0]
+    assert re.search(r"\| 9,000 \| [\d,]+ \| yes \| [\d,]+ \| 3 \|", limit)  # same sampled rows, rounds
+    assert "| 3 / 3 |" in limit  # both models have the rounds asked for
+    assert "9k rows, seconds of each run: train " in limit  # --train-repeats 2: both runs listed
     assert "| 9,000 | 3,000 |" in text
     assert "reused from the feature cache, 300 computed" in text
     assert not (tmp_path / "work").exists()
