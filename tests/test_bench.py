@@ -73,3 +73,15 @@ def test_bench_small_run(tmp_path):
     assert "| 9,000 | 3,000 |" in text
     assert "reused from the feature cache, 300 computed" in text
     assert not (tmp_path / "work").exists()
+
+
+def test_engines_bench_small_run(tmp_path):
+    """bench/engines.py on a tiny file: it measures both engines and checks they wrote the same bytes."""
+    results = tmp_path / "engines.md"
+    command = [sys.executable, "bench/engines.py", "--rows", "3000", "--workers", "1,2", "--engines", "local,dask",
+               "--results", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = results.read_text()
+    assert "| local | 2 |" in text and "| dask | 2 |" in text
+    assert "same bytes from every engine and worker count" in text
