@@ -108,7 +108,7 @@ def test_readme_installs_from_the_lock():
         assert any(c.startswith("uv sync --frozen") for c in commands), commands
         assert not any("pip install -e" in c or "uv pip" in c for c in commands), commands
     assert pipeline[-1] in ("uv run --frozen dvc repro", "dvc repro"), pipeline
-    assert "uv run --frozen python -m pytest" in tests
+    assert "uv run --frozen python -m pytest -n auto" in tests  # every tier, on every core
     assert 'uv run --frozen python -m pytest -m "not slow"' in tests  # the fast tier
 
 
@@ -117,7 +117,7 @@ def test_test_job_runs_readme_command_with_uv_cache(ci):
     _, readme = readme_commands()
     sync = next(c for c in readme if c.startswith("uv sync"))
     assert sync in job["script"] and "uv lock --check" in job["script"]
-    assert job["script"][-1] == "uv run --frozen python -m pytest"  # every tier, as .ci/run
+    assert job["script"][-1] == "uv run --frozen python -m pytest -n auto"  # every tier, as .ci/run
     assert job["script"].index("uv lock --check") < job["script"].index(sync)
     sources = {rule["if"] for rule in job["rules"]}
     assert sources == {'$CI_PIPELINE_SOURCE == "push"', '$CI_PIPELINE_SOURCE == "merge_request_event"'}
@@ -130,7 +130,7 @@ def test_test_job_runs_readme_command_with_uv_cache(ci):
 def test_ci_run_installs_from_the_lock():
     run = (ROOT / ".ci" / "run").read_text()
     assert "uv sync --frozen --extra dev --python python3" in run
-    assert run.rstrip().endswith("uv run --frozen python -m pytest")  # all tiers: no -m filter
+    assert run.rstrip().endswith("uv run --frozen python -m pytest -n auto")  # all tiers: no -m filter
     assert "UV_PYTHON_DOWNLOADS=never" in run
     assert "pip install -q -e" not in run and "gitlab-ci-local@" in run
 
