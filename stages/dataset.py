@@ -18,12 +18,18 @@ KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")
 
 
+def find_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(True where a value is one of ``sorted_keys``, its position there); positions are meaningless (but valid
+    indices, or 0 when there are no keys) where not found."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=np.intp)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[pos] == values, pos
+
+
 def in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     """True where a value is one of ``sorted_keys``."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(values), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[pos] == values
+    return find_sorted(values, sorted_keys)[0]
 
 
 def iter_row_batches(

@@ -5,8 +5,9 @@ Output (a directory, written atomically):
 - ``rows/part-NNNNN.parquet``: one row per valid input row: id, molecule_key, protein_name, binds (null for test),
   and keys of the three building blocks. No SMILES.
 - ``molecules/part-NNNNN.parquet``: one row per unique molecule, in order of first appearance (part N holds the
-  molecules first seen in input batch N): molecule_key, mw, hbd, hba and the bit-packed Morgan fingerprint ``fp``.
-- ``manifest.json``: counts and the feature configuration.
+  molecules first seen in input batch N): molecule_key, one float column per ``featurize.descriptors`` name and
+  the bit-packed Morgan fingerprint ``fp``.
+- ``manifest.json``: counts and the feature spec (``chem.FeatureConfig.spec``).
 
 Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason; the stage fails only when they
 exceed ``featurize.max_reject_fraction``.
@@ -33,7 +34,7 @@ import polars as pl
 
 from stages import chem, engine
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import BB_KEYS, KEY
+from stages.dataset import BB_KEYS, KEY, find_sorted
 from stages.io import (
     BB_COLUMNS,
     BINDS,
@@ -121,11 +122,13 @@ class KeySet:
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, value of each found key; 0 where not found)."""
-        found, values = _find_sorted(keys, self.main, self.main_values)
-        for block_keys, block_values in self.recent:
-            more, more_values = _find_sorted(keys, block_keys, block_values)
-            values = np.where(more, more_values, values)
-            found |= more
+        found = np.zeros(len(keys), dtype=bool)
+        values = np.zeros(len(keys), dtype=np.int64)
+        for block_keys, block_values in [(self.main, self.main_values), *self.recent]:
+            if len(block_keys):
+                hit, pos = find_sorted(keys, block_keys)
+                values = np.where(hit, block_values[pos], values)
+                found |= hit
         return found, values
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
@@ -146,16 +149,6 @@ class KeySet:
             self.recent, self.recent_size = [], 0
             order = np.argsort(keys, kind="stable")
             self.main, self.main_values = keys[order], values[order]
-
-
-def _find_sorted(
-    keys: np.ndarray, sorted_keys: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    found = sorted_keys[pos] == keys
-    return found, np.where(found, values[pos], 0)
 
 
 def check_batch(batch: pl.DataFrame, source: str, needs_binds: bool) -> None:

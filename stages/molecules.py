@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from stages import chem
-from stages.dataset import KEY
+from stages.dataset import KEY, find_sorted
 from stages.io import InputError, list_shards, write_parquet
 
 log = logging.getLogger("stages.molecules")
@@ -113,11 +113,10 @@ class PartIndex:
 
     def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, part number, row in part) for each key; part and row are meaningless where not found."""
+        found, pos = find_sorted(keys, self.keys)
         if len(self.keys) == 0:
-            zeros = np.zeros(len(keys), dtype=np.int32)
-            return np.zeros(len(keys), dtype=bool), zeros, zeros
-        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return self.keys[pos] == keys, self.owner[pos], self.row[pos]
+            return found, pos, pos
+        return found, self.owner[pos], self.row[pos]
 
 
 class PartCache:
