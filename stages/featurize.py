@@ -309,7 +309,7 @@ def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, nee
         if isinstance(pool, engine.LazyProcessPool) and (rows is None or rows >= 3 * FeatureWorkers.SMALL):
             pool.warm_up(chem.warm_up, config)
         rdkit_work = FeatureWorkers(pool, opts.workers, config, always=opts.engine == "dask")
-        return _featurize(source, output, rejects_path, opts, needs_binds, cache, rdkit_work)
+        return _featurize(source, output, rejects_path, opts, needs_binds, cache, rdkit_work, rows)
 
 
 def _featurize(
@@ -320,6 +320,7 @@ def _featurize(
     needs_binds: bool,
     cache: FeatureCache,
     pool: FeatureWorkers,
+    total_rows: int | None,
 ) -> dict:
     config = opts.config
     seen = KeySet()
@@ -327,7 +328,7 @@ def _featurize(
     counts = Counts()
     rejected_molecules = pl.DataFrame(schema={KEY: pl.Int64, "reason": pl.String})
     all_rejects: list[pl.DataFrame] = []
-    bar = progress(f"featurize {source}", raw_row_count(source))
+    bar = progress(f"featurize {source}", total_rows)
     try:
         with atomic_dir(output) as tmp:
             (tmp / "rows").mkdir()

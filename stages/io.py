@@ -152,6 +152,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def manifest_version(directory: str | os.PathLike[str]) -> int:
+    """When ``directory/manifest.json`` last changed (0 if missing): a key for caching what was loaded from it."""
+    manifest = Path(directory) / "manifest.json"
+    return manifest.stat().st_mtime_ns if manifest.exists() else 0
+
+
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
     path = Path(path)
     try:

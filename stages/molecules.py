@@ -12,6 +12,7 @@ Memory holds the key index (16 bytes a molecule) and a few parts, never the whol
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from stages import chem
 from stages.dataset import KEY, find_sorted
-from stages.io import InputError, list_shards, write_parquet
+from stages.io import InputError, list_shards, manifest_version, write_parquet
 
 log = logging.getLogger("stages.molecules")
 T = TypeVar("T")
@@ -183,6 +184,17 @@ class MoleculeStore:
 
     def unpack(self, packed: np.ndarray) -> np.ndarray:
         return unpack_fingerprints(packed, self.n_bits)
+
+
+@functools.lru_cache(maxsize=2)
+def _store(directory: Path, _version: int) -> MoleculeStore:
+    return MoleculeStore(directory)
+
+
+def cached_store(directory: Path) -> MoleculeStore:
+    """The store of a featurize output, built once per process while its manifest is unchanged: a Dask worker
+    serves many partitions or shards from one index."""
+    return _store(Path(directory), manifest_version(directory))
 
 
 def feature_frame(

@@ -27,9 +27,19 @@ from stages import engine, featurize
 from stages.chem import FeatureConfig
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import count_rows
-from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, InputError, list_shards, write_csv, write_parquet
+from stages.io import (
+    BB_COLUMNS,
+    ID,
+    PROTEIN,
+    SMILES,
+    InputError,
+    list_shards,
+    manifest_version,
+    write_csv,
+    write_parquet,
+)
 from stages.model import Model, load_model
-from stages.molecules import MoleculeStore
+from stages.molecules import cached_store
 from stages.params import load_params, workers
 
 log = logging.getLogger("stages.predict")
@@ -44,19 +54,19 @@ def fallback_predictions(rejects: pl.DataFrame, model: Model) -> pl.DataFrame:
 
 
 @functools.lru_cache(maxsize=2)
-def _model_and_store(
-    model_dir: Path, features_dir: Path, _versions: tuple[int, int]
-) -> tuple[Model, MoleculeStore]:
-    model, store = load_model(model_dir), MoleculeStore(features_dir)
-    model.check_features(store)
-    return model, store
+def _model(directory: Path, _version: int) -> Model:
+    return load_model(directory)
+
+
+def cached_model(directory: Path) -> Model:
+    """The model, loaded (and its artifacts verified) once per process while its manifest is unchanged."""
+    return _model(Path(directory), manifest_version(directory))
 
 
 def score_shard(shard: Path, features_dir: Path, model_dir: Path, batch_rows: int) -> pl.DataFrame:
     """``id,binds`` for the rows of one featurized shard: a pure function of files, so it runs the same in this
     process or on a Dask worker (which then needs the features and the model on a shared filesystem)."""
-    versions = tuple((path / "manifest.json").stat().st_mtime_ns for path in (model_dir, features_dir))
-    model, store = _model_and_store(model_dir, features_dir, versions)
+    model, store = cached_model(model_dir), cached_store(features_dir)
     rows = pl.read_parquet(shard, columns=[ID, "molecule_key", PROTEIN])
     model.check_proteins(rows[PROTEIN], str(shard))
     parts = [
@@ -76,8 +86,8 @@ def predict_file(
 ) -> pl.DataFrame:
     """The submission for a featurized file: every shard scored (here, or on the Dask cluster with
     ``engine_name="dask"``: the same function, the same bytes), plus the rejected rows at their base rate."""
-    model = load_model(model_dir)
-    model.check_features(MoleculeStore(features_dir))
+    model = cached_model(model_dir)
+    model.check_features(cached_store(features_dir))  # once, here: the shards are scored with the same files
     shards = list_shards(features_dir / "rows")
     bar = progress("predict", count_rows(features_dir / "rows"))
     with engine.executor(engine_name, n_workers if engine_name == "dask" else 1) as pool:
@@ -136,7 +146,7 @@ def score_rows(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(``id,binds`` for every row, the rejected rows with their reason): featurized by the featurize stage's code
     with the model's feature settings, scored by :func:`predict_file`."""
-    spec = load_model(model_dir).feature_spec
+    spec = cached_model(model_dir).feature_spec
     options = featurize.Options(
         config=FeatureConfig.from_spec(spec), batch_rows=batch_rows, workers=n_workers, cache_dir=None
     )

@@ -14,7 +14,6 @@ dvclive logs the per-iteration training and validation curves to ``metrics/train
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import operator
 import tempfile
@@ -33,7 +32,7 @@ from stages.cli import progress, run_main, setup_logging
 from stages.dataset import iter_row_batches
 from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, list_shards
 from stages.model import design_matrix, feature_names, save_model
-from stages.molecules import MoleculeStore
+from stages.molecules import MoleculeStore, cached_store
 from stages.params import Params, load_params, threads
 from stages.split import uniform_hash
 
@@ -240,17 +239,12 @@ def partitions(rows_dir: Path, batch_rows: int, rate: float, seed: int) -> list[
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _store(features_dir: Path, _version: int) -> MoleculeStore:
-    return MoleculeStore(features_dir)
-
-
 def partition_arrays(
     shard: Path, start: int, stop: int, features_dir: Path, encoder, scaler, rate: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The design matrix, labels and weights of one partition: runs on a Dask worker (which reads the split and
     the features from a filesystem it shares with the client)."""
-    store = _store(features_dir, (features_dir / "manifest.json").stat().st_mtime_ns)
+    store = cached_store(features_dir)
     rows = sample_rows(pl.read_parquet(shard).slice(start, stop - start), rate, seed)
     matrix = design_matrix(rows, store, encoder, scaler)
     return matrix, rows[BINDS].to_numpy().astype(np.float32), rows["weight"].to_numpy()
