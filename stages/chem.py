@@ -120,10 +120,6 @@ class FeatureConfig:
     def fp_bytes(self) -> int:
         return self.n_bits // 8 if self.fingerprint else 0
 
-    @property
-    def fp_bits(self) -> int:
-        return self.n_bits if self.fingerprint else 0
-
     def spec(self) -> dict:
         """The features' identity: recorded by featurize and by the model, compared before scoring."""
         return {

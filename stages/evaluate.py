@@ -146,9 +146,8 @@ def _curve(protein: str, group: str, columns: dict[str, np.ndarray]) -> pl.DataF
 def feature_importance(model: Model, top: int) -> pl.DataFrame:
     """The ``top`` features by total gain in the trained model, named as in the design matrix."""
     names = model.manifest["feature_names"]
-    gains = model.booster.get_score(
-        importance_type="total_gain"
-    )  # keys f0, f1, ... (no names in the booster)
+    # keys f0, f1, ...: the booster has no feature names, the manifest has them in design-matrix order
+    gains = model.booster.get_score(importance_type="total_gain")
     frame = pl.DataFrame(
         {
             "feature": [names[int(key[1:])] for key in gains],
