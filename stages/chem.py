@@ -174,6 +174,10 @@ def _morgan(radius: int, n_bits: int):
 
 def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
     """Parse a cleaned SMILES string with RDKit: ``(mol, None)`` or ``(None, reason)``; never raises."""
+    if (
+        "*" in cleaned_smiles
+    ):  # RDKit parses a wildcard atom (atomic number 0, no mass): a query, not a molecule
+        return None, "wildcard atom (*) in the SMILES: not a molecule"
     try:
         mol = Chem.MolFromSmiles(cleaned_smiles)
     except Exception as exc:  # RDKit raises on some inputs (e.g. embedded NUL), returns None on most

@@ -75,6 +75,14 @@ def test_clean_smiles_rejects_with_a_reason(smiles, reason):
     assert chem.clean_smiles(smiles) == (None, reason)
 
 
+def test_wildcard_atoms_are_rejected():
+    # RDKit parses "*" as an atom of atomic number 0 and molecular weight 0 (found by the property test)
+    assert Descriptors.MolWt(Chem.MolFromSmiles("*")) == 0
+    features = chem.featurize_smiles(["*", "CC(*)N", "CCN"], config(n_bits=64))
+    assert features.reasons[:2] == ["wildcard atom (*) in the SMILES: not a molecule"] * 2
+    assert features.reasons[2] is None
+
+
 def test_unparsable_smiles_is_a_reason_not_an_exception():
     features = chem.featurize_smiles(["C1CC", "not a smiles", "CCO"], config(n_bits=64))
     assert features.reasons[:2] == ["RDKit could not parse the SMILES"] * 2
