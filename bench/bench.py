@@ -140,7 +140,9 @@ def naive(source: str, rows: int, params_file: str) -> dict:
     from stages.params import load_params
 
     fp = load_params(params_file).featurize.fingerprint
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=fp.radius, fpSize=fp.n_bits)
+    generator = rdFingerprintGenerator.GetMorganGenerator(
+        radius=fp.radius, fpSize=fp.n_bits, includeChirality=fp.chirality
+    )
     frame = pl.scan_parquet(source).head(rows).collect()
 
     def featurize(smiles: str) -> dict:

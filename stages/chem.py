@@ -12,7 +12,6 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -100,41 +99,108 @@ def descriptor_functions() -> dict[str, Callable[[Chem.Mol], float]]:
     return dict(Descriptors._descList)
 
 
-@functools.cache
-def code_version() -> str:
-    """A digest of this module's source: cleaning and features are defined here, so an edit is a new version."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+# The feature version: what a molecule's stored features mean. Bump it when cleaning, a descriptor's or fingerprint's
+# definition, or the stored format (stages/molecules.py) changes what is stored for a molecule; a comment, a
+# refactor or a faster parse that stores the same bytes leaves it alone. tests/test_golden.py pins the features of
+# a fixed set of molecules for this version, so a change of features without a bump fails there. The version is
+# part of the feature spec (compared by predict and evaluate) and of the feature cache's key.
+FEATURE_VERSION = 1
+
+FINGERPRINT_TYPES = ("morgan", "feature_morgan", "atom_pair", "topological_torsion", "none")
+MORGAN_TYPES = ("morgan", "feature_morgan")
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """One of RDKit's fingerprint generators (``rdFingerprintGenerator``), as bits.
+
+    ``morgan`` is ECFP (radius 2 is ECFP4), ``feature_morgan`` FCFP (Morgan on pharmacophoric atom invariants),
+    ``atom_pair`` and ``topological_torsion`` RDKit's defaults (path lengths 1-30, 4-atom torsions). ``radius``
+    applies to the Morgan types only; ``chirality`` adds each atom's CIP label (R/S) to its invariant, so that
+    L- and D-amino acids get different bits.
+    """
+
+    type: str = "morgan"
+    radius: int = 2
+    n_bits: int = 1024
+    chirality: bool = False
+
+    @property
+    def bits(self) -> int:
+        """Bits stored a molecule: 0 for ``none``."""
+        return 0 if self.type == "none" else self.n_bits
+
+    def spec(self) -> dict:
+        """Only what shapes the bits: no radius for the path-based types, nothing but the type for ``none``."""
+        if self.type == "none":
+            return {"type": "none"}
+        spec: dict = {"type": self.type, "n_bits": self.n_bits, "chirality": self.chirality}
+        if self.type in MORGAN_TYPES:
+            spec["radius"] = self.radius
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> FingerprintConfig:
+        if spec["type"] == "none":
+            return cls(type="none")
+        return cls(spec["type"], spec.get("radius", 0), spec["n_bits"], spec["chirality"])
+
+
+@functools.lru_cache(maxsize=8)
+def fingerprint_generator(fingerprint: FingerprintConfig):
+    """The RDKit generator of a fingerprint configuration (None for ``none``), built once per process."""
+    kind, size, chiral = fingerprint.type, fingerprint.n_bits, fingerprint.chirality
+    if kind == "morgan":
+        return rdFingerprintGenerator.GetMorganGenerator(
+            radius=fingerprint.radius, fpSize=size, includeChirality=chiral
+        )
+    if kind == "feature_morgan":
+        return rdFingerprintGenerator.GetMorganGenerator(
+            radius=fingerprint.radius,
+            fpSize=size,
+            includeChirality=chiral,
+            atomInvariantsGenerator=rdFingerprintGenerator.GetMorganFeatureAtomInvGen(),
+        )
+    if kind == "atom_pair":
+        return rdFingerprintGenerator.GetAtomPairGenerator(fpSize=size, includeChirality=chiral)
+    if kind == "topological_torsion":
+        return rdFingerprintGenerator.GetTopologicalTorsionGenerator(fpSize=size, includeChirality=chiral)
+    return None
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Everything that shapes a molecule's features (with RDKit's version and this module's code)."""
+    """Everything that shapes a molecule's features (with RDKit's version and :data:`FEATURE_VERSION`)."""
 
     descriptors: tuple[str, ...]  # names of RDKit descriptors (``descriptor_functions``)
-    fingerprint: bool
-    radius: int
-    n_bits: int
+    fingerprint: FingerprintConfig
     max_smiles_length: int
 
     @property
+    def n_bits(self) -> int:
+        return self.fingerprint.bits
+
+    @property
     def fp_bytes(self) -> int:
-        return self.n_bits // 8 if self.fingerprint else 0
+        return self.n_bits // 8
 
     def spec(self) -> dict:
-        """The features' identity: recorded by featurize and by the model, compared before scoring."""
+        """The features' identity: recorded by featurize and by the model, compared before scoring, and the key
+        of the feature cache."""
         return {
+            "version": FEATURE_VERSION,
             "descriptors": list(self.descriptors),
-            "fingerprint": {"enabled": self.fingerprint, "radius": self.radius, "n_bits": self.n_bits},
+            "fingerprint": self.fingerprint.spec(),
             "max_smiles_length": self.max_smiles_length,
             "rdkit": rdkit.__version__,
-            "code": code_version(),
         }
 
     @classmethod
     def from_spec(cls, spec: dict) -> FeatureConfig:
-        fp = spec["fingerprint"]
         return cls(
-            tuple(spec["descriptors"]), fp["enabled"], fp["radius"], fp["n_bits"], spec["max_smiles_length"]
+            tuple(spec["descriptors"]),
+            FingerprintConfig.from_spec(spec["fingerprint"]),
+            spec["max_smiles_length"],
         )
 
 
@@ -155,7 +221,7 @@ class FeatureBatch:
     """Features of a list of molecules, in order; rows with a reject reason have zeros elsewhere."""
 
     descriptors: np.ndarray  # float64 (n, len(config.descriptors)); NaN where RDKit gives no finite value
-    fp: np.ndarray  # uint8 (n, n_bits / 8), bit-packed Morgan fingerprint
+    fp: np.ndarray  # uint8 (n, n_bits / 8), the bit-packed fingerprint
     reasons: list[str | None]
 
     @classmethod
@@ -165,11 +231,6 @@ class FeatureBatch:
             fp=np.concatenate([p.fp for p in parts]),
             reasons=[r for p in parts for r in p.reasons],
         )
-
-
-@functools.lru_cache(maxsize=8)
-def _morgan(radius: int, n_bits: int):
-    return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
 
 
 def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
@@ -193,7 +254,7 @@ def warm_up(config: FeatureConfig) -> None:
 
 
 def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
-    """RDKit features of cleaned SMILES strings: the configured descriptors and packed Morgan bits.
+    """RDKit features of cleaned SMILES strings: the configured descriptors and packed fingerprint bits.
 
     A pure function of its arguments (strings in, arrays out), so it runs unchanged in a worker process.
     """
@@ -202,7 +263,7 @@ def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
     descriptors = np.zeros((n, len(functions)), dtype=np.float64)
     fp = np.zeros((n, config.fp_bytes), dtype=np.uint8)
     reasons: list[str | None] = [None] * n
-    generator = _morgan(config.radius, config.n_bits) if config.fingerprint else None
+    generator = fingerprint_generator(config.fingerprint)
     for i, smiles in enumerate(cleaned):
         mol, reason = parse(smiles)
         if mol is None:

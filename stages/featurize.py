@@ -52,7 +52,7 @@ from stages.io import (
     write_parquet,
 )
 from stages.molecules import CHECK, FeatureCache, cache_namespace, feature_frame, molecule_schema
-from stages.params import Params, load_params, workers
+from stages.params import Params, feature_cache_dir, load_params, workers
 
 log = logging.getLogger("stages.featurize")
 
@@ -74,9 +74,12 @@ def feature_config(params: Params) -> chem.FeatureConfig:
     settings = params.featurize
     return chem.FeatureConfig(
         descriptors=tuple(settings.descriptors),
-        fingerprint=settings.fingerprint.enabled,
-        radius=settings.fingerprint.radius,
-        n_bits=settings.fingerprint.n_bits,
+        fingerprint=chem.FingerprintConfig(
+            type=settings.fingerprint.type,
+            radius=settings.fingerprint.radius,
+            n_bits=settings.fingerprint.n_bits,
+            chirality=settings.fingerprint.chirality,
+        ),
         max_smiles_length=settings.max_smiles_length,
     )
 
@@ -99,7 +102,7 @@ def options(params: Params, cache_dir: Path | None = None) -> Options:
         batch_rows=params.featurize.batch_rows,
         max_reject_fraction=params.featurize.max_reject_fraction,
         workers=workers(params),
-        cache_dir=Path(cache_dir or params.resources.feature_cache),
+        cache_dir=Path(cache_dir) if cache_dir else feature_cache_dir(params),
         engine=params.resources.engine,
     )
 
@@ -449,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
-        "--cache", type=Path, help="feature cache directory (default: resources.feature_cache)"
+        "--cache",
+        type=Path,
+        help="feature cache directory (default: $BELKA_FEATURE_CACHE, resources.feature_cache, or the user's cache)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -175,7 +175,7 @@ def load_model(directory: Path) -> Model:
                 f"{path}: content does not match the sha256 recorded in {directory / MANIFEST} "
                 "(altered or from another run; retrain or restore it: dvc checkout)"
             )
-    if not isinstance(manifest.get("features"), dict) or "descriptors" not in manifest["features"]:
+    if not isinstance(manifest.get("features"), dict) or "version" not in manifest["features"]:
         raise ArtifactError(
             f"{directory / MANIFEST}: no feature spec (made by an older version: dvc repro train)"
         )

@@ -34,7 +34,6 @@ log = logging.getLogger("stages.molecules")
 T = TypeVar("T")
 
 CHECK = "check"  # 32 more bits of the molecule's hash, to detect two molecules with one key
-CACHE_FORMAT = 2
 
 
 def read_manifest(features_dir: Path) -> dict:
@@ -50,7 +49,7 @@ def read_manifest(features_dir: Path) -> dict:
 def feature_spec(manifest: dict, source: Path) -> dict:
     """The spec of the features (``chem.FeatureConfig.spec``) a featurize output was made with."""
     spec = manifest.get("features")
-    if not isinstance(spec, dict) or "descriptors" not in spec:
+    if not isinstance(spec, dict) or "descriptors" not in spec or "version" not in spec:
         raise InputError(f"{source}: manifest.json has no feature spec (made by an older version: dvc repro)")
     return spec
 
@@ -63,7 +62,7 @@ def unpack_fingerprints(packed: np.ndarray, n_bits: int) -> np.ndarray:
 def molecule_schema(config: chem.FeatureConfig) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {KEY: pl.Int64}
     schema.update(dict.fromkeys(config.descriptors, pl.Float64))
-    if config.fingerprint:
+    if config.n_bits:
         schema["fp"] = pl.Binary
     return schema
 
@@ -151,8 +150,7 @@ class MoleculeStore:
         self.manifest = read_manifest(self.directory)
         self.spec = feature_spec(self.manifest, self.directory)
         self.descriptors = list(self.spec["descriptors"])
-        fp = self.spec["fingerprint"]
-        self.n_bits = fp["n_bits"] if fp["enabled"] else 0
+        self.n_bits = chem.FingerprintConfig.from_spec(self.spec["fingerprint"]).bits
         self.parts = list_shards(self.directory / "molecules")
         self.index = PartIndex(self.parts)
         self.cache = PartCache(self._load, keep_parts)
@@ -204,15 +202,16 @@ def feature_frame(
     columns: dict[str, object] = {KEY: molecules[KEY], CHECK: molecules[CHECK]}
     for i, name in enumerate(config.descriptors):
         columns[name] = batch.descriptors[:, i]
-    if config.fingerprint:
+    if config.n_bits:
         columns["fp"] = [row.tobytes() for row in batch.fp]
     frame = pl.DataFrame(columns, schema={**molecule_schema(config), CHECK: pl.Int64})
     return frame.with_columns(pl.Series("reason", batch.reasons, dtype=pl.String))
 
 
 def cache_namespace(config: chem.FeatureConfig) -> str:
-    """Features depend on the configuration, RDKit's version and the chemistry code: the spec holds all three."""
-    spec = json.dumps([CACHE_FORMAT, config.spec()], sort_keys=True)
+    """Features depend on the configuration, RDKit's version and the feature version (which covers this module's
+    stored format): the spec holds all three."""
+    spec = json.dumps(config.spec(), sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 

@@ -51,9 +51,13 @@ class Generate(Section):
 
 
 class Fingerprint(Section):
-    enabled: bool = True
-    radius: int = Field(ge=1, le=6)
+    """One of RDKit's fingerprint generators (``stages.chem.FingerprintConfig``): ``radius`` is read by the Morgan
+    types only; ``type: none`` stores no fingerprint."""
+
+    type: Literal["morgan", "feature_morgan", "atom_pair", "topological_torsion", "none"] = "morgan"
+    radius: int = Field(default=2, ge=1, le=6)
     n_bits: int = Field(ge=64, le=16384)
+    chirality: bool = False
 
     @model_validator(mode="after")
     def _bytes(self) -> Fingerprint:
@@ -86,8 +90,10 @@ class Featurize(Section):
 
     @model_validator(mode="after")
     def _some_feature(self) -> Featurize:
-        if not self.descriptors and not self.fingerprint.enabled:
-            raise ValueError("featurize needs at least one descriptor or the fingerprint enabled")
+        if not self.descriptors and self.fingerprint.type == "none":
+            raise ValueError(
+                "featurize needs at least one descriptor or a fingerprint (fingerprint.type is none)"
+            )
         return self
 
 
@@ -166,7 +172,24 @@ class Resources(Section):
     workers: int = Field(ge=0, le=1024)
     threads: int = Field(default=0, ge=0, le=1024)
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
-    feature_cache: str = Field(min_length=1)
+    feature_cache: str | None = Field(default=None, min_length=1)
+
+
+FEATURE_CACHE_VARIABLE = "BELKA_FEATURE_CACHE"
+
+
+def feature_cache_dir(params: Params) -> Path:
+    """Where molecules featurized before are looked up: ``$BELKA_FEATURE_CACHE`` when set (a CI runner's volume, a
+    host's scratch disk: no edit of params.yaml), else ``resources.feature_cache``, else the user's cache directory
+    (``$XDG_CACHE_HOME/belka-dvc/features``, by default ``~/.cache/belka-dvc/features``), which every clone of the
+    project and every DVC experiment of this user reaches. ``~`` and ``$VARIABLES`` are expanded; a relative path
+    is relative to the working directory (the repository root under ``dvc repro``). Not a stage param: where the
+    cache lives changes no output."""
+    configured = os.environ.get(FEATURE_CACHE_VARIABLE) or params.resources.feature_cache
+    if not configured:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        configured = os.path.join(base, "belka-dvc", "features")
+    return Path(os.path.expandvars(os.path.expanduser(configured)))
 
 
 class Params(Section):

@@ -43,6 +43,7 @@ def deep_update(base: dict, changes: dict) -> dict:
 def project_env() -> dict[str, str]:
     """The environment for subprocesses: this interpreter's bin first, so `python` and `dvc` are the venv's."""
     env = dict(os.environ)
+    env.pop("BELKA_FEATURE_CACHE", None)  # a developer's or runner's cache must not leak into the tests
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("GIT_AUTHOR_NAME", "test")
     env.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")

@@ -18,7 +18,8 @@ EXPECTED = "Cc1ccc(C#N)cc1Nc1nc(NCCC(C)S(C)=O)nc(Nc2cccc(C(N)=O)c2C(=O)O)n1"
 def config(
     fingerprint: bool = True, n_bits: int = 1024, descriptors=("MolWt", "NumHDonors", "NumHAcceptors")
 ):
-    return chem.FeatureConfig(tuple(descriptors), fingerprint, 2, n_bits, 1000)
+    fp = chem.FingerprintConfig("morgan" if fingerprint else "none", 2, n_bits)
+    return chem.FeatureConfig(tuple(descriptors), fp, 1000)
 
 
 def canonical(smiles: str) -> str:
@@ -123,10 +124,10 @@ def test_molecule_key_is_stable_and_keys_of_hashes_each_value_once():
 def test_feature_spec_names_everything_that_shapes_features_and_its_differences():
     spec = config().spec()
     assert spec["descriptors"] == ["MolWt", "NumHDonors", "NumHAcceptors"]
-    assert spec["fingerprint"] == {"enabled": True, "radius": 2, "n_bits": 1024}
-    assert spec["rdkit"] == __import__("rdkit").__version__ and len(spec["code"]) == 16
+    assert spec["fingerprint"] == {"type": "morgan", "radius": 2, "n_bits": 1024, "chirality": False}
+    assert spec["rdkit"] == __import__("rdkit").__version__ and spec["version"] == chem.FEATURE_VERSION
     assert chem.FeatureConfig.from_spec(spec) == config()
-    other = chem.FeatureConfig(("MolWt",), True, 3, 1024, 1000).spec()
+    other = chem.FeatureConfig(("MolWt",), chem.FingerprintConfig("morgan", 3, 1024), 1000).spec()
     assert chem.spec_differences(other, spec) == [
         "descriptors: ['MolWt'] != ['MolWt', 'NumHDonors', 'NumHAcceptors']",
         "fingerprint.radius: 3 != 2",
@@ -145,3 +146,63 @@ def test_every_way_of_writing_the_linker_gives_the_same_molecule(written):
     cleaned, reason = chem.clean_smiles(written)
     assert reason is None
     assert canonical(cleaned) == canonical(EXPECTED)
+
+
+def rdkit_bits(generator, smiles: str) -> np.ndarray:
+    return generator.GetFingerprintAsNumPy(Chem.MolFromSmiles(smiles)).astype(np.float32)
+
+
+@pytest.mark.parametrize("chirality", [False, True])
+@pytest.mark.parametrize(
+    ("kind", "reference"),
+    [
+        ("morgan", lambda g, c, n: g.GetMorganGenerator(radius=3, fpSize=n, includeChirality=c)),
+        (
+            "feature_morgan",
+            lambda g, c, n: g.GetMorganGenerator(
+                radius=3, fpSize=n, includeChirality=c, atomInvariantsGenerator=g.GetMorganFeatureAtomInvGen()
+            ),
+        ),
+        ("atom_pair", lambda g, c, n: g.GetAtomPairGenerator(fpSize=n, includeChirality=c)),
+        (
+            "topological_torsion",
+            lambda g, c, n: g.GetTopologicalTorsionGenerator(fpSize=n, includeChirality=c),
+        ),
+    ],
+)
+def test_every_fingerprint_type_gives_rdkits_own_generator_bits(kind, reference, chirality):
+    from rdkit.Chem import rdFingerprintGenerator
+
+    molecules = [EXPECTED, "C[C@H](N)C(N)=O", "C[C@@H](N)C(N)=O", "OC(=O)[C@@H]1CCCN1"]
+    config = chem.FeatureConfig((), chem.FingerprintConfig(kind, 3, 512, chirality), 1000)
+    features = chem.featurize_smiles(molecules, config)
+    assert features.fp.shape == (4, 64)
+    generator = reference(rdFingerprintGenerator, chirality, 512)
+    for packed, smiles in zip(features.fp, molecules, strict=True):
+        np.testing.assert_array_equal(
+            unpack_fingerprints(packed[None], 512)[0], rdkit_bits(generator, smiles)
+        )
+
+
+def test_chirality_tells_l_from_d_alanine_amide():
+    l_ala, d_ala = "C[C@H](N)C(N)=O", "C[C@@H](N)C(N)=O"
+    for chirality, differ in ((False, False), (True, True)):
+        config = chem.FeatureConfig((), chem.FingerprintConfig("morgan", 2, 1024, chirality), 1000)
+        fp = chem.featurize_smiles([l_ala, d_ala], config).fp
+        assert (fp[0] != fp[1]).any() == differ, chirality
+
+
+def test_the_spec_records_only_what_shapes_the_bits():
+    assert chem.FingerprintConfig("atom_pair", 3, 256, True).spec() == {
+        "type": "atom_pair",
+        "n_bits": 256,
+        "chirality": True,
+    }  # no radius: atom pairs have none
+    assert chem.FingerprintConfig("none", 3, 256, True).spec() == {"type": "none"}
+    assert chem.FingerprintConfig("none").bits == 0
+    for fingerprint in (
+        chem.FingerprintConfig("feature_morgan", 3, 256, True),
+        chem.FingerprintConfig("none"),
+    ):
+        config = chem.FeatureConfig(("MolWt",), fingerprint, 100)
+        assert chem.FeatureConfig.from_spec(config.spec()).spec() == config.spec()

@@ -5,10 +5,12 @@ import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import model as artifacts
-from stages.chem import FeatureConfig
+from stages.chem import FeatureConfig, FingerprintConfig
 
 EXTRA = {
-    "features": FeatureConfig(("MolWt", "NumHDonors", "NumHAcceptors"), False, 2, 64, 400).spec(),
+    "features": FeatureConfig(
+        ("MolWt", "NumHDonors", "NumHAcceptors"), FingerprintConfig("none"), 400
+    ).spec(),
     "base_rate": {},
 }
 

@@ -59,7 +59,9 @@ def test_typo_in_a_nested_key() -> None:
     raw = copy.deepcopy(BASE)
     raw["featurize"]["fingerprint"]["nbits"] = raw["featurize"]["fingerprint"].pop("n_bits")
     message = error_of(raw)
-    assert "featurize.fingerprint.nbits: unknown key (allowed here: enabled, radius, n_bits)" in message
+    assert (
+        "featurize.fingerprint.nbits: unknown key (allowed here: type, radius, n_bits, chirality)" in message
+    )
 
 
 def test_unknown_section() -> None:
@@ -155,10 +157,10 @@ def test_value_out_of_range_names_key_value_and_range(path: str, value: object, 
                 "featurize": {
                     **BASE["featurize"],
                     "descriptors": [],
-                    "fingerprint": {**BASE["featurize"]["fingerprint"], "enabled": False},
+                    "fingerprint": {**BASE["featurize"]["fingerprint"], "type": "none"},
                 },
             },
-            "featurize needs at least one descriptor or the fingerprint enabled",
+            "featurize needs at least one descriptor or a fingerprint (fingerprint.type is none)",
         ),
     ],
 )
@@ -174,8 +176,8 @@ def test_missing_section(section: str) -> None:
 
 
 def test_missing_nested_key() -> None:
-    assert "featurize.fingerprint.radius: missing (required)" in error_of(
-        without("featurize.fingerprint.radius")
+    assert "featurize.fingerprint.n_bits: missing (required)" in error_of(
+        without("featurize.fingerprint.n_bits")
     )
 
 
@@ -228,3 +230,20 @@ def test_a_stage_reports_one_error_line_and_exits_1(tmp_path: Path) -> None:
     assert "featurize.fingerprint.n_bits must be a multiple of 8, got 1001" in result.stderr
     assert "Traceback" not in result.stderr
     assert not output.exists()
+
+
+def test_the_feature_cache_is_the_users_unless_set(monkeypatch, tmp_path) -> None:
+    from stages.params import feature_cache_dir
+
+    monkeypatch.delenv("BELKA_FEATURE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    params = parse_params(changed("resources.feature_cache", None))
+    assert feature_cache_dir(params) == tmp_path / "home" / ".cache" / "belka-dvc" / "features"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert feature_cache_dir(params) == tmp_path / "xdg" / "belka-dvc" / "features"
+    configured = parse_params(changed("resources.feature_cache", "~/belka/$USER_PART"))
+    monkeypatch.setenv("USER_PART", "cache")
+    assert feature_cache_dir(configured) == tmp_path / "home" / "belka" / "cache"
+    monkeypatch.setenv("BELKA_FEATURE_CACHE", "/runner/volume/features")  # the environment wins: CI, hosts
+    assert feature_cache_dir(configured) == Path("/runner/volume/features")

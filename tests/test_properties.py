@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from stages import chem
 from stages.featurize import KeySet
 
-CONFIG = chem.FeatureConfig(("MolWt", "NumHDonors", "NumHAcceptors"), True, 2, 64, 200)
+CONFIG = chem.FeatureConfig(
+    ("MolWt", "NumHDonors", "NumHAcceptors"), chem.FingerprintConfig("morgan", 2, 64), 200
+)
 MAX_LENGTH = 200
 
 SMILES_ALPHABET = "CNOSPFIBrcnos()[]=#@+-123456789%/\\.Dy "

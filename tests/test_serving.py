@@ -51,16 +51,16 @@ def test_features_made_with_another_radius_are_refused(mini_run: MiniRun, tmp_pa
         predict_file(features, None, mini_run.models, 1000)
 
 
-def test_features_made_with_another_rdkit_or_code_are_refused(mini_run: MiniRun, tmp_path: Path):
+def test_features_made_with_another_rdkit_or_feature_version_are_refused(mini_run: MiniRun, tmp_path: Path):
     features = tmp_path / "features"
     shutil.copytree(mini_run.test_features, features)
     manifest = json.loads((features / "manifest.json").read_text())
     manifest["features"]["rdkit"] = "2023.09.1"
-    manifest["features"]["code"] = "0123456789abcdef"
+    manifest["features"]["version"] = 0
     (features / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError) as info:
         predict_file(features, None, mini_run.models, 1000)
-    assert "code: '0123456789abcdef' != " in str(info.value) and "rdkit: '2023.09.1' != " in str(info.value)
+    assert "version: 0 != 1" in str(info.value) and "rdkit: '2023.09.1' != " in str(info.value)
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess:
