@@ -16,6 +16,9 @@ from stages.io import list_shards
 
 KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")
+UNSEEN = "unseen_blocks"  # written by split: how many of a molecule's building blocks are held out (0 to 3)
+# Kaggle's groups by unseen blocks: share (all seen), non-share (none seen); mixed molecules are not in its test.
+GROUP_OF_UNSEEN = {0: "share", 1: "mixed", 2: "mixed", 3: "non_share"}
 
 
 def find_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,18 @@
 """Generate a deterministic BELKA-format data set, so a fresh clone runs the pipeline with no download.
 
 The chemistry follows BELKA's DNA-encoded library: a 1,3,5-triazine core carrying three building blocks.
-Building block 1 is an amino acid, listed Fmoc-protected as Kaggle writes it; in the molecule its amine sits on the
-triazine and its acid is the DNA-linked amide ``C(=O)N[Dy]``. Building blocks 2 and 3 are amines. Every training
-molecule appears once per protein, in the order BRD4, HSA, sEH.
+Building block 1 is an amino acid (L and D forms of many), listed Fmoc-protected as Kaggle writes it; in the
+molecule its amine sits on the triazine and its acid is the DNA-linked amide ``C(=O)N[Dy]``. Building blocks 2 and 3
+are amines drawn from one pool, as in BELKA (the triazine is symmetric, so swapping them is the same molecule).
+Every training molecule appears once per protein, in the order BRD4, HSA, sEH.
 
 Labels come from a hidden structure-activity rule: each protein weighs substructures of the three building blocks,
 plus noise, and the top ``positive_rate`` (protein-specific, sEH highest as in BELKA) binds. A model can learn it
 from fingerprints, including for building blocks it never saw.
 
 Like BELKA's test set, the test set has molecules made only of building blocks seen in training (all three
-proteins each) and molecules with at least one test-only building block (one protein each).
+proteins each) and molecules made only of test-only building blocks (one protein each): no test molecule mixes
+seen and unseen blocks.
 
 Molecules are drawn in fixed chunks, each from its own seeded generator, and combinations are assigned to train or
 test by a hash, so growing ``train_molecules`` appends rows to train and leaves test untouched (scenario A), and
@@ -74,15 +76,30 @@ _SAR_SMARTS = [
 
 
 def amine_library() -> list[str]:
+    """About 190 amines: substituted anilines, benzyl- and phenethylamines, aminopyridines and -thiazoles, and a
+    fixed set of heteroaryl and alkyl amines (BELKA's positions 2 and 3 draw from 693 and 872)."""
     anilines = [t.format(x) for x in _SUBSTITUENTS for t in ("Nc1ccc({})cc1", "Nc1cccc({})c1", "Nc1ccccc1{}")]
-    benzyl = [f"NCc1ccc({x})cc1" for x in _SUBSTITUENTS]
+    benzyl = [
+        t.format(x) for x in _SUBSTITUENTS for t in ("NCc1ccc({})cc1", "NCc1cccc({})c1", "NCc1ccccc1{}")
+    ]
+    phenethyl = [f"NCCc1ccc({x})cc1" for x in _SUBSTITUENTS]
     pyridyl = [f"Nc1ccc({x})cn1" for x in _SUBSTITUENTS[:10]]
-    return _canonical_unique(anilines + benzyl + pyridyl + _AMINES_FIXED)
+    thiazolyl = [f"Nc1nc({x})cs1" for x in _SUBSTITUENTS[:10]]
+    return _canonical_unique(anilines + benzyl + phenethyl + pyridyl + thiazolyl + _AMINES_FIXED)
 
 
 def amino_acid_library() -> list[str]:
-    phenylalanines = [f"N[C@@H](Cc1ccc({x})cc1)C(=O)O" for x in _SUBSTITUENTS[:12]]
-    return _canonical_unique(_AMINO_ACIDS_FIXED + phenylalanines)
+    """About 120 amino acids: a fixed set, substituted phenylalanines and phenylglycines, and the D form of every
+    chiral L one listed (BELKA's position 1 has 271 blocks, many of them enantiomer pairs)."""
+    phenylalanines = [
+        t.format(x)
+        for x in _SUBSTITUENTS
+        for t in ("N[C@@H](Cc1ccc({})cc1)C(=O)O", "N[C@@H](Cc1cccc({})c1)C(=O)O")
+    ]
+    phenylglycines = [f"N[C@@H](c1ccc({x})cc1)C(=O)O" for x in _SUBSTITUENTS]
+    levo = _AMINO_ACIDS_FIXED + phenylalanines[::2] + phenylglycines[:6]
+    dextro = [a.replace("N[C@@H]", "N[C@H]", 1) for a in levo if a.startswith("N[C@@H]")]
+    return _canonical_unique(_AMINO_ACIDS_FIXED + phenylalanines + phenylglycines + dextro)
 
 
 def _canonical_unique(smiles: list[str]) -> list[str]:
@@ -152,18 +169,10 @@ def build_libraries(params: Generate) -> tuple[Library, Library, Library]:
         np.stack([sar_profile(a) for a in acids]),
         acid_held,
     )
-    # Positions 2 and 3 draw from overlapping pools of amines, as in BELKA; an amine held out for the test set
-    # is held out in both positions.
-    order = rng.permutation(len(amines))
-
-    def amine_pool(indices: np.ndarray) -> Library:
-        chosen = sorted(indices)
-        listed = [amines[i] for i in chosen]
-        return Library(listed, listed, np.stack([sar_profile(a) for a in listed]), amine_held[chosen])
-
-    bb2 = amine_pool(order[: int(0.8 * len(amines))])
-    bb3 = amine_pool(order[int(0.2 * len(amines)) :])
-    return bb1, bb2, bb3
+    # Positions 2 and 3 draw from one pool of amines, as in BELKA; an amine held out for the test set is held out in
+    # both positions.
+    pool = Library(amines, amines, np.stack([sar_profile(a) for a in amines]), amine_held)
+    return bb1, pool, pool
 
 
 @dataclass
@@ -204,14 +213,9 @@ def _profiles(libraries: tuple[Library, Library, Library], combos: np.ndarray) -
 def _draw_combinations(
     rng: np.random.Generator, libraries: tuple[Library, Library, Library], n: int, test_only: bool
 ) -> np.ndarray:
-    """Draw building block indices (n, 3); with ``test_only``, one random position uses a test-only block."""
-    combos = np.stack([rng.choice(lib.indices(False), size=n) for lib in libraries], axis=1)
-    if test_only:
-        position = rng.integers(0, 3, size=n)
-        for p, lib in enumerate(libraries):
-            rows = position == p
-            combos[rows, p] = rng.choice(lib.indices(True), size=int(rows.sum()))
-    return combos
+    """Draw building block indices (n, 3): blocks seen in training, or with ``test_only`` test-only blocks in every
+    position (as Kaggle's test: no molecule mixes seen and unseen blocks)."""
+    return np.stack([rng.choice(lib.indices(test_only), size=n) for lib in libraries], axis=1)
 
 
 def molecule_identity(libraries: tuple[Library, Library, Library], combo: np.ndarray) -> bytes:

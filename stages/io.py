@@ -81,6 +81,17 @@ def remove_stale_tmp(path: Path) -> None:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
+def scratch_dir(path: str | os.PathLike[str]) -> Path:
+    """A new empty directory beside ``path``, named like an atomic write's temporary (unique to this writer);
+    what dead writers left there is removed first. The caller removes it when done."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds."""

@@ -2,11 +2,16 @@
 
 - ``encoder.json``: the one-hot encoder of ``protein_name`` (its categories).
 - ``scaler.json``: the StandardScaler of the descriptors (mean, scale, variance, samples seen).
-- ``model.json``: the XGBoost model in XGBoost's own JSON format (loads into ``XGBClassifier.load_model``).
-- ``manifest.json``: schema version, feature layout, base rates, and the sha256 of the three files above, so an
-  artifact that is missing, from another schema version or altered is refused with a clear error.
+- the XGBoost booster(s) in XGBoost's own JSON format (each loads into ``XGBClassifier.load_model``):
+  ``model.json`` for ``train.model: joint`` (one booster for every protein, the protein one-hot encoded), or
+  ``model-<protein>.json`` for ``per_protein`` (one booster per protein, trained on that protein's rows only).
+- ``manifest.json``: schema version, model form, booster files, feature layout, base rates, and the sha256 of every
+  file above, so an artifact that is missing, from another schema version or altered is refused with a clear
+  error.
 
-The design matrix is ``[one-hot protein | scaled descriptors | fingerprint bits]`` in float32.
+The design matrix is ``[one-hot protein | scaled descriptors | fingerprint bits]`` in float32 for the joint model
+and ``[scaled descriptors | fingerprint bits]`` for a per-protein booster. A batch's molecule part is built once and
+shared by every protein's rows, whichever the form.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from stages.chem import spec_differences
 from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
 from stages.molecules import MoleculeStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ENCODER, SCALER, MODEL, MANIFEST = "encoder.json", "scaler.json", "model.json", "manifest.json"
+JOINT = "*"  # the booster key of the joint model: every protein
 
 
 def encoder_to_json(encoder: OneHotEncoder) -> dict:
@@ -89,20 +95,30 @@ def _check_format(data: object, expected: str, source: str) -> None:
         )
 
 
-def feature_names(categories: list[str], descriptors: list[str], n_bits: int) -> list[str]:
-    return [f"protein={c}" for c in categories] + list(descriptors) + [f"fp{i}" for i in range(n_bits)]
+def feature_names(categories: list[str] | None, descriptors: list[str], n_bits: int) -> list[str]:
+    """Design-matrix column names: the one-hot protein columns (joint model only), descriptors, fingerprint bits."""
+    onehot = [f"protein={c}" for c in categories] if categories is not None else []
+    return onehot + list(descriptors) + [f"fp{i}" for i in range(n_bits)]
+
+
+def booster_file(key: str) -> str:
+    return MODEL if key == JOINT else f"model-{key}.json"
 
 
 @dataclass
 class Model:
     encoder: OneHotEncoder
     scaler: StandardScaler
-    booster: xgb.Booster
+    boosters: dict[str, xgb.Booster]  # {JOINT: booster} or {protein: booster}
     manifest: dict
 
     @property
     def categories(self) -> list[str]:
         return [str(c) for c in self.encoder.categories_[0]]
+
+    @property
+    def joint(self) -> bool:
+        return JOINT in self.boosters
 
     def check_proteins(self, proteins: pl.Series, source: str) -> None:
         unknown = sorted(set(proteins.unique().to_list()) - set(self.categories))
@@ -117,45 +133,77 @@ class Model:
         return self.manifest["features"]
 
     def check_features(self, store: MoleculeStore) -> None:
-        """Refuse features made differently from the model's (settings, RDKit version, feature code)."""
+        """Refuse features made differently from the model's (settings, RDKit version, feature version)."""
         differences = spec_differences(store.spec, self.feature_spec)
         if differences:
             raise InputError(
                 f"{store.directory}: features were made differently from the model's training features "
                 f"(features != model): {'; '.join(differences)}. Featurize and train with the same featurize "
-                "params, RDKit and code (dvc repro)"
+                "params and RDKit (dvc repro)"
             )
 
     def predict(self, rows: pl.DataFrame, store: MoleculeStore) -> np.ndarray:
-        matrix = design_matrix(rows, store, self.encoder, self.scaler)
-        return self.booster.inplace_predict(matrix).astype(np.float64)
+        molecules = molecule_matrix(rows, store, self.scaler)
+        if self.joint:
+            matrix = np.hstack([protein_matrix(rows, self.encoder), molecules])
+            return self.boosters[JOINT].inplace_predict(matrix).astype(np.float64)
+        probabilities = np.empty(len(rows), dtype=np.float64)
+        proteins = rows[PROTEIN].to_numpy()
+        for protein in np.unique(proteins):
+            mask = proteins == protein
+            probabilities[mask] = self.boosters[protein].inplace_predict(molecules[mask])
+        return probabilities
+
+    def total_gain(self) -> dict[str, float]:
+        """Each feature's total gain, summed over the boosters, by design-matrix name."""
+        names = self.manifest["feature_names"]
+        gains: dict[str, float] = {}
+        for booster in self.boosters.values():
+            # keys f0, f1, ...: the booster has no feature names, the manifest has them in design-matrix order
+            for key, gain in booster.get_score(importance_type="total_gain").items():
+                gains[names[int(key[1:])]] = gains.get(names[int(key[1:])], 0.0) + float(gain)
+        return gains
+
+
+def protein_matrix(rows: pl.DataFrame, encoder: OneHotEncoder) -> np.ndarray:
+    return encoder.transform(rows[PROTEIN].to_numpy().reshape(-1, 1)).astype(np.float32)
+
+
+def molecule_matrix(rows: pl.DataFrame, store: MoleculeStore, scaler: StandardScaler) -> np.ndarray:
+    """``[scaled descriptors | fingerprint bits]`` of each row's molecule, float32."""
+    molecules = store.lookup(rows["molecule_key"].to_numpy())
+    descriptors = molecules.descriptors
+    scaled = (scaler.transform(descriptors) if descriptors.shape[1] else descriptors).astype(np.float32)
+    return np.hstack([scaled, store.unpack(molecules.fingerprints)])
 
 
 def design_matrix(
-    rows: pl.DataFrame, store: MoleculeStore, encoder: OneHotEncoder, scaler: StandardScaler
+    rows: pl.DataFrame, store: MoleculeStore, encoder: OneHotEncoder | None, scaler: StandardScaler
 ) -> np.ndarray:
-    molecules = store.lookup(rows["molecule_key"].to_numpy())
-    onehot = encoder.transform(rows[PROTEIN].to_numpy().reshape(-1, 1))
-    descriptors = molecules.descriptors
-    scaled = (scaler.transform(descriptors) if descriptors.shape[1] else descriptors).astype(np.float32)
-    return np.hstack([onehot.astype(np.float32), scaled, store.unpack(molecules.fingerprints)])
+    """The matrix a booster sees: with the one-hot protein columns for the joint model (``encoder``), without for a
+    per-protein booster (``encoder=None``)."""
+    molecules = molecule_matrix(rows, store, scaler)
+    return molecules if encoder is None else np.hstack([protein_matrix(rows, encoder), molecules])
 
 
 def save_model(
     directory: Path,
     encoder: OneHotEncoder,
     scaler: StandardScaler,
-    booster: xgb.Booster,
+    boosters: dict[str, xgb.Booster],
     extra: dict,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / ENCODER, encoder_to_json(encoder))
     write_json(directory / SCALER, scaler_to_json(scaler, extra["features"]["descriptors"]))
-    booster.save_model(str(directory / MODEL))  # the caller writes into an atomic_dir
+    files = {key: booster_file(key) for key in sorted(boosters)}
+    for key, name in files.items():
+        boosters[key].save_model(str(directory / name))  # the caller writes into an atomic_dir
     manifest = {
         "format": "belka-model",
         "schema_version": SCHEMA_VERSION,
-        "sha256": {name: sha256_file(directory / name) for name in (ENCODER, SCALER, MODEL)},
+        "boosters": files,
+        "sha256": {name: sha256_file(directory / name) for name in (ENCODER, SCALER, *files.values())},
         **extra,
     }
     write_json(directory / MANIFEST, manifest)
@@ -165,7 +213,10 @@ def load_model(directory: Path) -> Model:
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST, "model manifest")
     _check_format(manifest, "belka-model", str(directory / MANIFEST))
-    for name in (ENCODER, SCALER, MODEL):
+    files = manifest.get("boosters")
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+        raise ArtifactError(f"{directory / MANIFEST}: 'boosters' must map proteins (or '*') to model files")
+    for name in (ENCODER, SCALER, *files.values()):
         path = directory / name
         if not path.exists():
             raise ArtifactError(f"{path}: not found (run: dvc repro train)")
@@ -182,11 +233,19 @@ def load_model(directory: Path) -> Model:
     encoder = encoder_from_json(read_json(directory / ENCODER, "encoder"), str(directory / ENCODER))
     descriptors = manifest["features"]["descriptors"]
     scaler = scaler_from_json(read_json(directory / SCALER, "scaler"), str(directory / SCALER), descriptors)
-    booster = xgb.Booster()
-    try:
-        booster.load_model(str(directory / MODEL))
-    except xgb.core.XGBoostError as exc:
+    if JOINT not in files and set(files) != {str(c) for c in encoder.categories_[0]}:
         raise ArtifactError(
-            f"{directory / MODEL}: XGBoost cannot load it ({str(exc).splitlines()[0]})"
-        ) from None
-    return Model(encoder, scaler, booster, manifest)
+            f"{directory / MANIFEST}: per-protein boosters {sorted(files)} != the encoder's proteins "
+            f"{[str(c) for c in encoder.categories_[0]]}"
+        )
+    boosters = {}
+    for key, name in files.items():
+        booster = xgb.Booster()
+        try:
+            booster.load_model(str(directory / name))
+        except xgb.core.XGBoostError as exc:
+            raise ArtifactError(
+                f"{directory / name}: XGBoost cannot load it ({str(exc).splitlines()[0]})"
+            ) from None
+        boosters[key] = booster
+    return Model(encoder, scaler, boosters, manifest)

@@ -99,8 +99,9 @@ class Featurize(Section):
 
 class Split(Section):
     """``belka`` (the default) builds a valid part like BELKA's test set, with both groups Kaggle scores:
-    molecules using a held-out building block (non-share) and a random fraction of the others (share).
-    ``random`` takes the random fraction only (share only); ``building_blocks`` the held-out blocks only."""
+    molecules all of whose building blocks are held out (non-share), molecules with some (mixed, reported apart)
+    and a random fraction of the others (share). ``random`` takes the random fraction only (share only);
+    ``building_blocks`` the molecules with held-out blocks only (non-share and mixed)."""
 
     method: Literal["belka", "random", "building_blocks"]
     held_out_building_blocks: float = Field(gt=0.0, lt=0.5)
@@ -123,12 +124,36 @@ class Split(Section):
         return self
 
 
+class EarlyStopping(Section):
+    """Boosting stops when the mean aucpr of an inner part of the training rows has not improved for ``rounds``
+    rounds (0: no early stopping, no inner part). The inner part is drawn from the training rows by the split's
+    rule with these fractions and ``train.seed``: molecules with a held-out block (unseen-like) and a random
+    fraction of the others (share-like); it is never the part evaluate scores."""
+
+    rounds: int = Field(ge=0, le=100_000)
+    held_out_building_blocks: float = Field(default=0.05, gt=0.0, lt=0.5)
+    valid_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
+
+
 class Train(Section):
-    negative_sample_rate: float = Field(gt=0.0, le=1.0)
+    model: Literal["joint", "per_protein"] = "joint"
+    negative_sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    negatives_per_positive: float | None = Field(default=None, gt=0.0, le=1_000_000.0)
     seed: int = Field(ge=0)
     batch_rows: int = Field(ge=1_000, le=50_000_000)
     data_mode: Literal["in_memory", "external"]
     distributed_workers: int = Field(default=0, ge=0, le=4096)
+    early_stopping: EarlyStopping = EarlyStopping(rounds=0)
+
+    @model_validator(mode="after")
+    def _one_sampling(self) -> Train:
+        if self.negatives_per_positive is not None and self.negative_sample_rate != 1.0:
+            raise ValueError(
+                "train.negative_sample_rate and train.negatives_per_positive both sample negatives: set one "
+                f"(negative_sample_rate={self.negative_sample_rate}, negatives_per_positive="
+                f"{self.negatives_per_positive}); negative_sample_rate: 1.0 keeps every negative"
+            )
+        return self
 
 
 class XGB(Section):
@@ -145,16 +170,20 @@ class XGB(Section):
     reg_lambda: float = Field(default=1.0, ge=0.0)
     max_bin: int = Field(default=256, ge=2, le=65_536)
     scale_pos_weight: float = Field(default=1.0, gt=0.0)
-    tree_method: Literal["hist", "approx", "exact"] = "hist"
+    tree_method: Literal["hist"] = "hist"
     device: Literal["cpu", "cuda"] = "cpu"
     eval_metric: Literal["aucpr", "auc", "logloss"] = "aucpr"
     random_state: int = Field(default=0, ge=0)
 
-    @model_validator(mode="after")
-    def _device(self) -> XGB:
-        if self.device == "cuda" and self.tree_method != "hist":
-            raise ValueError(f"xgb.device=cuda needs xgb.tree_method=hist, got {self.tree_method}")
-        return self
+    @field_validator("tree_method", mode="before")
+    @classmethod
+    def _hist_only(cls, value: object) -> object:
+        if value in ("approx", "exact", "auto"):
+            raise ValueError(
+                f"tree_method {value!r} cannot train on the streamed QuantileDMatrix train builds (XGBoost: "
+                "'Only hist tree method can use QuantileDMatrix'); use hist"
+            )
+        return value
 
     def classifier_kwargs(self, threads: int) -> dict[str, Any]:
         return {**self.model_dump(), "n_jobs": threads}
@@ -163,6 +192,9 @@ class XGB(Section):
 class Evaluate(Section):
     curve_points: int = Field(ge=10, le=100_000)
     top_features: int = Field(default=20, ge=1, le=10_000)
+    bootstrap_samples: int = Field(default=1000, ge=0, le=100_000)  # 0: no intervals
+    seed: int = Field(default=0, ge=0)
+    min_positives: int = Field(default=10, ge=0)  # pairs with fewer positives are flagged in the summary
 
 
 class Resources(Section):
@@ -173,9 +205,25 @@ class Resources(Section):
     threads: int = Field(default=0, ge=0, le=1024)
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
     feature_cache: str | None = Field(default=None, min_length=1)
+    external_memory_dir: str | None = Field(default=None, min_length=1)
 
 
 FEATURE_CACHE_VARIABLE = "BELKA_FEATURE_CACHE"
+
+
+def _user_cache(name: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.join(base, "belka-dvc", name)
+
+
+def _expanded(path: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def external_memory_dir(params: Params) -> Path:
+    """Where ``train.data_mode: external`` pages XGBoost's quantised matrix: ``resources.external_memory_dir``, else
+    the user's cache directory (``~/.cache/belka-dvc/xgb-pages``): on disk, where ``$TMPDIR`` may be tmpfs (RAM)."""
+    return _expanded(params.resources.external_memory_dir or _user_cache("xgb-pages"))
 
 
 def feature_cache_dir(params: Params) -> Path:
@@ -186,10 +234,7 @@ def feature_cache_dir(params: Params) -> Path:
     is relative to the working directory (the repository root under ``dvc repro``). Not a stage param: where the
     cache lives changes no output."""
     configured = os.environ.get(FEATURE_CACHE_VARIABLE) or params.resources.feature_cache
-    if not configured:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-        configured = os.path.join(base, "belka-dvc", "features")
-    return Path(os.path.expandvars(os.path.expanduser(configured)))
+    return _expanded(configured or _user_cache("features"))
 
 
 class Params(Section):
@@ -204,8 +249,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
-        if self.train.data_mode == "external" and self.xgb.tree_method != "hist":
-            raise ValueError("train.data_mode=external needs xgb.tree_method=hist")
         if self.train.distributed_workers and self.train.data_mode == "external":
             raise ValueError(
                 "train.distributed_workers > 0 trains with xgboost.dask, which keeps each worker's part in memory; "

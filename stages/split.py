@@ -1,43 +1,49 @@
-"""Split featurized training rows into train and valid parts, keeping all rows of a molecule on one side.
+"""Split featurized training rows into train and valid parts shaped like BELKA's test set.
 
-Kaggle scores BELKA's test set in two groups: molecules whose three building blocks all occur in training
-("share") and molecules with at least one building block never seen in training ("non-share", most of the private
-leaderboard). A valid part that estimates that score needs both:
+Kaggle scores BELKA's test set in two groups: molecules all of whose building blocks occur in training (``share``)
+and molecules none of whose building blocks do (``non_share``, most of the private leaderboard); no test molecule
+mixes the two. A valid part that estimates that score needs both, with Kaggle's definitions:
 
-- ``belka`` (the default): in each position, a fraction ``split.held_out_building_blocks`` of the distinct building
-  blocks is held out; every molecule using one of them (in any position) goes to valid, and no training molecule
-  uses them (non-share). Of the other molecules, a fraction ``split.valid_fraction`` goes to valid at random
-  (share).
-- ``random``: the random fraction only (a share-only valid part).
-- ``building_blocks``: the held-out building blocks only (a non-share-only valid part).
+- each distinct building block (by its key: the same amine in positions 2 and 3 is one block, as BELKA's two amine
+  positions draw from one pool) is held out when a seeded hash of its key falls below
+  ``split.held_out_building_blocks``; no training molecule uses a held-out block;
+- a molecule's ``unseen_blocks`` is the number of its positions whose block is held out: 3 is ``non_share``, 0 is a
+  ``share`` candidate, 1 or 2 is ``mixed``, which Kaggle's test does not have: such molecules go to valid, are
+  reported apart and left out of the score;
+- of the share candidates, a seeded hash of the molecule's key below ``split.valid_fraction`` sends it to valid.
 
-Every draw is a seeded hash of a key (the molecule's, or the building block's), and the held-out blocks are the
-lowest-ranked by that hash among the distinct blocks of a position, so the split is the same whatever the row
-order or batch size.
+Methods: ``belka`` (the default, both groups), ``random`` (the random share part only: no block is held out), and
+``building_blocks`` (the held-out blocks only: non-share and mixed, no share part).
 
-Output: ``<output>/{train,valid}/part-NNNNN.parquet`` (rows only; features stay once per molecule in the featurize
-output) and ``<output>/summary.json``. Split reads only the featurized rows, so a change of molecule features
-(fingerprint size, descriptors) does not rerun it.
+Whether a molecule is valid, and in which group, depends only on its own key, its building blocks and the split
+params: never on what else is in the data. Appending rows (new molecules, new building blocks) moves no earlier
+molecule to the other side or to another group, the row order and batch size change nothing, and the metrics
+before and after an append score the same earlier molecules.
+
+Output: ``--train`` and ``--valid`` directories of ``part-NNNNN.parquet`` (the featurized rows plus
+``unseen_blocks``; features stay once per molecule in the featurize output) and ``--summary`` (counts). Split reads only the featurized rows, so a
+change of molecule features (fingerprint, descriptors) does not rerun it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from stages.cli import run_main, setup_logging
-from stages.dataset import BB_KEYS, KEY, in_sorted, iter_row_batches
+from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, iter_row_batches
 from stages.io import BINDS, InputError, atomic_dir, shard_name, write_json, write_parquet
 from stages.params import Split, load_params
 
 log = logging.getLogger("stages.split")
 
 READ_ROWS = 1_000_000  # rows read at a time (memory only: the split does not depend on it)
+MOLECULE_SALT = 0x5EED_5A17  # the molecule draw uses another stream than the block draw of the same seed
 
 
 def uniform_hash(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -50,70 +56,109 @@ def uniform_hash(keys: np.ndarray, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def held_out_blocks(blocks_by_position: list[np.ndarray], fraction: float, seed: int) -> np.ndarray:
-    """Sorted keys of the held-out building blocks: in each position, the ``ceil(fraction * n)`` distinct blocks
-    with the lowest seeded hash (so at least one a position, and the same blocks whatever the row order)."""
-    held = []
-    for keys in blocks_by_position:
-        keys = np.unique(keys)
-        count = math.ceil(fraction * len(keys))
-        order = np.lexsort((keys, uniform_hash(keys, seed)))  # ties by key: fully determined
-        held.append(keys[order[:count]])
-    return np.unique(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
+@dataclass(frozen=True)
+class Rule:
+    """How molecules are drawn into a held-out part: a fraction of building blocks held out, a fraction of the
+    other molecules drawn at random. The split uses it with the split params; train draws its early-stopping part
+    from the training rows with the same rule and its own fractions and seed."""
+
+    held_out_building_blocks: float  # 0: no block is held out
+    valid_fraction: float  # 0: no molecule is drawn at random
+    seed: int
+
+    @classmethod
+    def of_split(cls, params: Split) -> Rule:
+        return cls(
+            held_out_building_blocks=params.held_out_building_blocks if params.method != "random" else 0.0,
+            valid_fraction=params.valid_fraction if params.method != "building_blocks" else 0.0,
+            seed=params.seed,
+        )
 
 
-def uses_any(rows: pl.DataFrame, blocks: np.ndarray) -> np.ndarray:
-    """True for rows whose molecule uses one of ``blocks`` (sorted keys) in any position."""
-    hit = np.zeros(len(rows), dtype=bool)
-    for column in BB_KEYS:
-        hit |= in_sorted(rows[column].to_numpy(), blocks)
-    return hit
+def unseen_blocks(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
+    """For each row, how many of its molecule's three positions hold a held-out building block (0 to 3)."""
+    count = np.zeros(len(rows), dtype=np.int8)
+    if rule.held_out_building_blocks > 0:
+        for column in BB_KEYS:
+            count += uniform_hash(rows[column].to_numpy(), rule.seed) < rule.held_out_building_blocks
+    return count
 
 
-def assign_valid(rows: pl.DataFrame, params: Split, held: np.ndarray) -> np.ndarray:
-    """True for rows that go to the valid part."""
-    non_share = uses_any(rows, held) if params.method != "random" else np.zeros(len(rows), dtype=bool)
-    if params.method == "building_blocks":
-        return non_share
-    share = uniform_hash(rows[KEY].to_numpy(), params.seed) < params.valid_fraction
-    return non_share | share
+def drawn_at_random(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
+    """True for rows whose molecule the random draw takes (a function of the molecule's key alone)."""
+    draw = uniform_hash(rows[KEY].to_numpy(), rule.seed ^ MOLECULE_SALT)
+    return draw < rule.valid_fraction
 
 
-def distinct_blocks(rows_dir: Path) -> list[np.ndarray]:
-    """The distinct building-block keys of each position."""
-    seen: list[set[int]] = [set() for _ in BB_KEYS]
-    for rows in iter_row_batches(rows_dir, READ_ROWS, columns=list(BB_KEYS)):
-        for blocks, column in zip(seen, BB_KEYS, strict=True):
-            blocks.update(rows[column].unique().to_list())
-    return [np.array(sorted(blocks), dtype=np.int64) for blocks in seen]
+@dataclass
+class Assignment:
+    """Where each row goes: ``held`` (valid, or the early-stopping part) and its molecule's ``unseen`` blocks."""
+
+    held: np.ndarray  # bool
+    unseen: np.ndarray  # int8, 0..3
 
 
-def split_rows(rows_dir: Path, out_dir: Path, params: Split) -> dict:
-    blocks = distinct_blocks(rows_dir) if params.method != "random" else []
-    held = held_out_blocks(blocks, params.held_out_building_blocks, params.seed)
-    summary: dict = {
-        "method": params.method,
-        "building_blocks": [len(b) for b in blocks],
-        "held_out_building_blocks": len(held),
-        "train": {"rows": 0, "positives": 0},
-        "valid": {"rows": 0, "positives": 0},
-    }
-    with atomic_dir(out_dir) as tmp:
-        for side in ("train", "valid"):
-            (tmp / side).mkdir()
+def assign(rows: pl.DataFrame, rule: Rule) -> Assignment:
+    """Every molecule with a held-out block, and a random fraction of the others, is held; all rows of a molecule
+    share its key and blocks, so they land on one side."""
+    unseen = unseen_blocks(rows, rule)
+    return Assignment(held=(unseen > 0) | drawn_at_random(rows, rule), unseen=unseen)
+
+
+@dataclass
+class PartCounts:
+    rows: int = 0
+    positives: int = 0
+
+    def add(self, part: pl.DataFrame) -> None:
+        self.rows += len(part)
+        self.positives += int(part[BINDS].sum() or 0)
+
+
+@dataclass(frozen=True)
+class SplitOutput:
+    """Where the split writes: the train part (all train reads), the valid part, the summary."""
+
+    train: Path
+    valid: Path
+    summary: Path
+
+    @classmethod
+    def under(cls, directory: Path) -> SplitOutput:
+        return cls(directory / "train", directory / "valid", directory / "summary.json")
+
+
+def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
+    rule = Rule.of_split(params)
+    counts = {side: PartCounts() for side in ("train", "valid")}
+    by_group: dict[str, PartCounts] = {group: PartCounts() for group in ("share", "mixed", "non_share")}
+    with atomic_dir(out.train) as train_tmp, atomic_dir(out.valid) as valid_tmp:
         for number, rows in enumerate(iter_row_batches(rows_dir, READ_ROWS)):
-            valid = pl.Series(assign_valid(rows, params, held))
-            for side, part in (("train", rows.filter(~valid)), ("valid", rows.filter(valid))):
-                write_parquet(part, tmp / side / shard_name(number))
-                summary[side]["rows"] += len(part)
-                summary[side]["positives"] += int(part[BINDS].sum() or 0)
-        for side in ("train", "valid"):
-            if summary[side]["rows"] == 0:
+            where = assign(rows, rule)
+            rows = rows.with_columns(pl.Series(UNSEEN, where.unseen, dtype=pl.Int8))
+            held = pl.Series(where.held)
+            for side, part, tmp in (
+                ("train", rows.filter(~held), train_tmp),
+                ("valid", rows.filter(held), valid_tmp),
+            ):
+                write_parquet(part, tmp / shard_name(number))
+                counts[side].add(part)
+            valid = rows.filter(held)
+            for unseen, group in GROUP_OF_UNSEEN.items():
+                by_group[group].add(valid.filter(pl.col(UNSEEN) == unseen))
+        for side, part in counts.items():
+            if part.rows == 0:
                 raise InputError(
                     f"split: the {side} part is empty; change split.valid_fraction, "
                     "split.held_out_building_blocks or the data"
                 )
-        write_json(tmp / "summary.json", summary)
+        summary = {
+            "method": params.method,
+            "train": vars(counts["train"]),
+            "valid": vars(counts["valid"]),
+            "valid_groups": {group: vars(part) for group, part in by_group.items()},
+        }
+    write_json(out.summary, summary)
     return summary
 
 
@@ -123,14 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rows", type=Path, required=True, help="the rows/ of the train data's featurize output"
     )
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--train", type=Path, required=True, help="the train part's directory")
+    parser.add_argument("--valid", type=Path, required=True, help="the valid part's directory")
+    parser.add_argument("--summary", type=Path, required=True, help="the JSON of counts")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     def body() -> None:
-        summary = split_rows(args.rows, args.output, load_params(args.params).split)
-        log.info("%s split: %s", summary["method"], {k: summary[k] for k in ("train", "valid")})
+        output = SplitOutput(args.train, args.valid, args.summary)
+        summary = split_rows(args.rows, output, load_params(args.params).split)
+        log.info("%s split: %s", summary["method"], summary["valid_groups"])
 
     return run_main(body)
 

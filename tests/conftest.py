@@ -213,8 +213,8 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> MiniRun:
     featurize.featurize_file(run.raw_train, run.features, run.root / "features/train-rejects.csv", run.params,
                              True, cache)  # fmt: skip
     featurize.featurize_file(run.raw_test, run.test_features, run.test_rejects, run.params, False, cache)
-    split.split_rows(run.features / "rows", run.split, run.params.split)
-    train.train_model(run.params, run.split, run.features, run.models, run.root / "live")
+    split.split_rows(run.features / "rows", split.SplitOutput.under(run.split), run.params.split)
+    train.train_model(run.params, run.split / "train", run.features, run.models, run.root / "live")
     submission = predict.predict_file(run.test_features, run.test_rejects, run.models, 1000)
     write_csv(submission, run.submission)
     return run

@@ -119,16 +119,19 @@ def test_value_out_of_range_names_key_value_and_range(path: str, value: object, 
             "inputs.train and inputs.test must be different",
         ),
         (
-            {**copy.deepcopy(BASE), "xgb": {**BASE["xgb"], "device": "cuda", "tree_method": "exact"}},
-            "xgb.device=cuda needs xgb.tree_method=hist, got exact",
+            {**copy.deepcopy(BASE), "xgb": {**BASE["xgb"], "tree_method": "exact"}},
+            "xgb.tree_method: tree_method 'exact' cannot train on the streamed QuantileDMatrix",
+        ),
+        (
+            {**copy.deepcopy(BASE), "xgb": {**BASE["xgb"], "tree_method": "approx"}},
+            "(XGBoost: 'Only hist tree method can use QuantileDMatrix'); use hist (got 'approx')",
         ),
         (
             {
                 **copy.deepcopy(BASE),
-                "train": {**BASE["train"], "data_mode": "external"},
-                "xgb": {**BASE["xgb"], "tree_method": "approx"},
+                "train": {**BASE["train"], "negative_sample_rate": 0.1, "negatives_per_positive": 5},
             },
-            "train.data_mode=external needs xgb.tree_method=hist",
+            "train.negative_sample_rate and train.negatives_per_positive both sample negatives: set one",
         ),
         (
             {

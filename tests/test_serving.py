@@ -25,7 +25,7 @@ def test_base_rates_are_the_training_rates_before_negative_sampling(mini_run: Mi
     params = mini_run.params.model_copy(
         update={"train": mini_run.params.train.model_copy(update={"negative_sample_rate": 0.05})}
     )
-    train_model(params, mini_run.split, mini_run.features, tmp_path / "models", tmp_path / "live")
+    train_model(params, mini_run.split / "train", mini_run.features, tmp_path / "models", tmp_path / "live")
     base_rate = load_model(tmp_path / "models").manifest["base_rate"]
     rows = pl.read_parquet(mini_run.split / "train")  # every training row, read directly
     expected = {p: float(r) for p, r in rows.group_by("protein_name").agg(pl.col("binds").mean()).iter_rows()}
