@@ -7,7 +7,7 @@ Output (a directory, written atomically):
 - ``molecules/part-NNNNN.parquet``: one row per unique molecule, in order of first appearance (part N holds the
   molecules first seen in input batch N): molecule_key, one float column per ``featurize.descriptors`` name and
   the bit-packed Morgan fingerprint ``fp``.
-- ``manifest.json``: counts and the feature spec (``chem.FeatureConfig.spec``).
+- ``manifest.json``: counts and the feature spec (``features.FeatureConfig.spec``).
 
 Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason; the stage fails only when they
 exceed ``featurize.max_reject_fraction``.
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages import chem, engine
+from stages import chem, engine, features
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, find_sorted
 from stages.io import (
@@ -70,11 +70,11 @@ class KeyCollisionError(InputError):
     """Two different molecules have the same 63-bit key: stop rather than merge their features."""
 
 
-def feature_config(params: Params) -> chem.FeatureConfig:
+def feature_config(params: Params) -> features.FeatureConfig:
     settings = params.featurize
-    return chem.FeatureConfig(
+    return features.FeatureConfig(
         descriptors=tuple(settings.descriptors),
-        fingerprint=chem.FingerprintConfig(
+        fingerprint=features.FingerprintConfig(
             type=settings.fingerprint.type,
             radius=settings.fingerprint.radius,
             n_bits=settings.fingerprint.n_bits,
@@ -88,7 +88,7 @@ def feature_config(params: Params) -> chem.FeatureConfig:
 class Options:
     """How to featurize one file: what shapes the output (``config``, ``batch_rows``) and what does not."""
 
-    config: chem.FeatureConfig
+    config: features.FeatureConfig
     batch_rows: int
     max_reject_fraction: float = 1.0
     workers: int = 1
@@ -261,11 +261,11 @@ class FeatureWorkers:
     SMALL = 2_000
 
     def __init__(
-        self, pool: Executor | None, n_workers: int, config: chem.FeatureConfig, always: bool
+        self, pool: Executor | None, n_workers: int, config: features.FeatureConfig, always: bool
     ) -> None:
         self.pool, self.n_workers, self.config, self.always = pool, n_workers, config, always
 
-    def submit(self, cleaned: list[str]) -> Callable[[], chem.FeatureBatch]:
+    def submit(self, cleaned: list[str]) -> Callable[[], features.FeatureBatch]:
         """Start computing; returns a function that waits for the result. The pool works on what was submitted
         while the caller prepares or writes other batches, so it does not idle at batch boundaries."""
         if self.pool is None or not cleaned or (not self.always and len(cleaned) < self.SMALL):
@@ -275,7 +275,7 @@ class FeatureWorkers:
             self.pool.submit(chem.featurize_smiles, cleaned[i : i + size], self.config)
             for i in range(0, len(cleaned), size)
         ]
-        return lambda: chem.FeatureBatch.concat([future.result() for future in futures])
+        return lambda: features.FeatureBatch.concat([future.result() for future in futures])
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -417,7 +417,7 @@ def _start_molecules(unique: pl.DataFrame, cache: FeatureCache, pool: FeatureWor
 
 
 def _finish_molecules(
-    job: tuple, cache: FeatureCache, config: chem.FeatureConfig, counts: Counts
+    job: tuple, cache: FeatureCache, config: features.FeatureConfig, counts: Counts
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features of the molecules first seen in a batch, in order of first appearance, and the rejected ones."""
     unique, cached, found, todo, result = job

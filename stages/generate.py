@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +34,16 @@ import pyarrow as pa
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
+from stages import engine
 from stages.cli import run_main, setup_logging
 from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, write_parquet
-from stages.params import PROTEINS, Generate, load_params
+from stages.params import PROTEINS, Generate, load_params, workers
 
 log = logging.getLogger("stages.generate")
 
 FIRST_TEST_ID = 295_246_830  # Kaggle's test ids start after the 295,246,830 training rows
 CHUNK = 1_000
+SMILES_CHUNK = 5_000  # molecules canonicalised per task of the process pool
 # BELKA's positive rates per protein relative to the overall 0.54%: BRD4 0.46%, HSA 0.42%, sEH 0.74%.
 RELATIVE_RATE = {"BRD4": 0.46 / 0.54, "HSA": 0.42 / 0.54, "sEH": 0.74 / 0.54}
 FMOC = "O=C(OCC1c2ccccc2-c2ccccc21)"
@@ -253,13 +256,26 @@ def draw_molecules(
     return np.stack(chosen[:n])
 
 
-def molecule_smiles(libraries: tuple[Library, Library, Library], combos: np.ndarray) -> list[str]:
-    out = []
-    for a, b, c in combos:
-        raw = TRIAZINE.format(libraries[0].fragment[a], libraries[1].fragment[b], libraries[2].fragment[c])
-        # Kaggle writes the linker nitrogen as N[Dy]; RDKit's canonical SMILES says [NH][Dy].
-        out.append(Chem.MolToSmiles(Chem.MolFromSmiles(raw)).replace("[NH][Dy]", "N[Dy]"))
-    return out
+def canonical_molecules(raw: list[str]) -> list[str]:
+    """RDKit's canonical SMILES of assembled molecules, the linker nitrogen written as Kaggle writes it (N[Dy];
+    RDKit says [NH][Dy]). A pure function of strings: it runs the same in a worker process."""
+    return [Chem.MolToSmiles(Chem.MolFromSmiles(s)).replace("[NH][Dy]", "N[Dy]") for s in raw]
+
+
+def molecule_smiles(
+    libraries: tuple[Library, Library, Library], combos: np.ndarray, pool: Executor | None = None
+) -> list[str]:
+    """The canonical SMILES of each combination, in order; chunks are canonicalised on ``pool`` when given."""
+    raw = [
+        TRIAZINE.format(libraries[0].fragment[a], libraries[1].fragment[b], libraries[2].fragment[c])
+        for a, b, c in combos
+    ]
+    if pool is None or len(raw) < 2 * SMILES_CHUNK:
+        return canonical_molecules(raw)
+    futures = [
+        pool.submit(canonical_molecules, raw[i : i + SMILES_CHUNK]) for i in range(0, len(raw), SMILES_CHUNK)
+    ]
+    return [smiles for future in futures for smiles in future.result()]
 
 
 def molecule_rows(
@@ -268,9 +284,10 @@ def molecule_rows(
     proteins: list[list[str]],
     first_id: int,
     binds: dict[str, np.ndarray] | None,
+    pool: Executor | None = None,
 ) -> pl.DataFrame:
     """One row per (molecule, protein) in the given protein order, ids consecutive from ``first_id``."""
-    smiles = molecule_smiles(libraries, combos)
+    smiles = molecule_smiles(libraries, combos, pool)
     columns: dict[str, list] = {name: [] for name in (*BB_COLUMNS, SMILES, PROTEIN)}
     labels: list[int] = []
     for i, combo in enumerate(combos):
@@ -305,7 +322,8 @@ def labels_for(
     return out
 
 
-def generate(params: Generate) -> tuple[pl.DataFrame, pl.DataFrame]:
+def generate(params: Generate, pool: Executor | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The train and test tables; ``pool`` (a process pool) only makes it faster: the output is the same."""
     libraries = build_libraries(params)
     rule = make_rule(params, libraries)
     train_combos = draw_molecules(params, libraries, "train", params.train_molecules)
@@ -315,6 +333,7 @@ def generate(params: Generate) -> tuple[pl.DataFrame, pl.DataFrame]:
         [list(PROTEINS)] * len(train_combos),
         first_id=0,
         binds=labels_for(params, libraries, rule, train_combos, stream=20),
+        pool=pool,
     )
     shared = draw_molecules(params, libraries, "test_shared", params.test_shared_molecules)
     unseen = draw_molecules(params, libraries, "test_unseen", params.test_unseen_molecules)
@@ -325,6 +344,7 @@ def generate(params: Generate) -> tuple[pl.DataFrame, pl.DataFrame]:
         [list(PROTEINS)] * len(shared) + [[PROTEINS[k]] for k in single],
         first_id=FIRST_TEST_ID,
         binds=None,
+        pool=pool,
     )
     return train, test
 
@@ -351,8 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params).generate
-        train, test = generate(params)
+        params = load_params(args.params)
+        with engine.executor("local", workers(params)) as pool:
+            train, test = generate(params.generate, pool)
         write_parquet(to_kaggle_table(train), args.train)
         write_parquet(to_kaggle_table(test), args.test)
         log.info(

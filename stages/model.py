@@ -24,7 +24,7 @@ import polars as pl
 import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from stages.chem import spec_differences
+from stages.features import spec_differences
 from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
 from stages.molecules import MoleculeStore
 

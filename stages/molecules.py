@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from stages import chem
+from stages import features
 from stages.dataset import KEY, find_sorted
 from stages.io import InputError, list_shards, manifest_version, write_parquet
 
@@ -47,7 +47,7 @@ def read_manifest(features_dir: Path) -> dict:
 
 
 def feature_spec(manifest: dict, source: Path) -> dict:
-    """The spec of the features (``chem.FeatureConfig.spec``) a featurize output was made with."""
+    """The spec of the features (``features.FeatureConfig.spec``) a featurize output was made with."""
     spec = manifest.get("features")
     if not isinstance(spec, dict) or "descriptors" not in spec or "version" not in spec:
         raise InputError(f"{source}: manifest.json has no feature spec (made by an older version: dvc repro)")
@@ -59,7 +59,7 @@ def unpack_fingerprints(packed: np.ndarray, n_bits: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=n_bits).astype(np.float32)
 
 
-def molecule_schema(config: chem.FeatureConfig) -> dict[str, pl.DataType]:
+def molecule_schema(config: features.FeatureConfig) -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {KEY: pl.Int64}
     schema.update(dict.fromkeys(config.descriptors, pl.Float64))
     if config.n_bits:
@@ -150,7 +150,7 @@ class MoleculeStore:
         self.manifest = read_manifest(self.directory)
         self.spec = feature_spec(self.manifest, self.directory)
         self.descriptors = list(self.spec["descriptors"])
-        self.n_bits = chem.FingerprintConfig.from_spec(self.spec["fingerprint"]).bits
+        self.n_bits = features.FingerprintConfig.from_spec(self.spec["fingerprint"]).bits
         self.parts = list_shards(self.directory / "molecules")
         self.index = PartIndex(self.parts)
         self.cache = PartCache(self._load, keep_parts)
@@ -196,7 +196,7 @@ def cached_store(directory: Path) -> MoleculeStore:
 
 
 def feature_frame(
-    molecules: pl.DataFrame, batch: chem.FeatureBatch, config: chem.FeatureConfig
+    molecules: pl.DataFrame, batch: features.FeatureBatch, config: features.FeatureConfig
 ) -> pl.DataFrame:
     """Computed features of ``molecules`` (key, check) as a table: key, check, descriptors, fp, reason."""
     columns: dict[str, object] = {KEY: molecules[KEY], CHECK: molecules[CHECK]}
@@ -208,7 +208,7 @@ def feature_frame(
     return frame.with_columns(pl.Series("reason", batch.reasons, dtype=pl.String))
 
 
-def cache_namespace(config: chem.FeatureConfig) -> str:
+def cache_namespace(config: features.FeatureConfig) -> str:
     """Features depend on the configuration, RDKit's version and the feature version (which covers this module's
     stored format): the spec holds all three."""
     spec = json.dumps(config.spec(), sort_keys=True)

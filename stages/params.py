@@ -51,7 +51,7 @@ class Generate(Section):
 
 
 class Fingerprint(Section):
-    """One of RDKit's fingerprint generators (``stages.chem.FingerprintConfig``): ``radius`` is read by the Morgan
+    """One of RDKit's fingerprint generators (``stages.features.FingerprintConfig``): ``radius`` is read by the Morgan
     types only; ``type: none`` stores no fingerprint."""
 
     type: Literal["morgan", "feature_morgan", "atom_pair", "topological_torsion", "none"] = "morgan"

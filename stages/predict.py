@@ -1,42 +1,36 @@
-"""Score BELKA-format rows: the test set into a submission, or any molecules on demand, through one code path.
+"""Score the featurized test set into a submission.
 
-- Pipeline (``dvc.yaml``): ``--features`` (featurize's output for the test data), ``--rejects`` and ``--output``:
-  ``id,binds`` (probability of binding), one row per test id, sorted by id like Kaggle's sample submission. Rows
-  that featurize rejected (an unparsable SMILES, say) still get a row, with their protein's positive rate in the
-  training data, and a warning says how many.
-- On demand: ``--smiles "<molecule_smiles as in BELKA, with [Dy]>" --protein BRD4`` prints the probability as the
-  last line on stdout; ``--input FILE --output OUT`` (parquet or CSV with ``molecule_smiles`` and
-  ``protein_name``, optional ``id``) writes ``id,binds`` for every input row. Both featurize with the featurize
-  stage's own code and the model's recorded feature settings, then score exactly as the pipeline does, so
-  training and serving cannot drift.
+Pipeline (``dvc.yaml``): ``--features`` (featurize's output for the test data), ``--rejects`` and ``--output``:
+``id,binds`` (probability of binding), one row per test id, sorted by id like Kaggle's sample submission. Rows that
+featurize rejected (an unparsable SMILES, say) still get a row, with their protein's positive rate in the training
+data, and a warning says how many.
+
+On demand, ``--smiles``/``--protein`` or ``--input``/``--output`` score raw molecules: that is
+:mod:`stages.serve` (``python -m stages.serve``, the same options), loaded only in that mode, so the pipeline's
+predict stage depends on the model and the features, never on the chemistry code that made them.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import logging
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from stages import engine, featurize
-from stages.chem import FeatureConfig
+from stages import engine
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import count_rows
 from stages.io import (
-    BB_COLUMNS,
     ID,
     PROTEIN,
-    SMILES,
     InputError,
     list_shards,
     manifest_version,
     write_csv,
-    write_parquet,
 )
 from stages.model import Model, load_model
 from stages.molecules import cached_store
@@ -116,54 +110,6 @@ def predict_file(
     return submission.sort(ID)
 
 
-def read_molecules(source: Path) -> pl.DataFrame:
-    """A parquet or CSV file of molecules to score, as BELKA-format rows (ids 0, 1, ... when it has none)."""
-    try:
-        frame = pl.read_csv(source) if source.suffix.lower() == ".csv" else pl.read_parquet(source)
-    except FileNotFoundError:
-        raise InputError(f"{source}: not found") from None
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{source}: not a readable {source.suffix or 'parquet'} file ({exc})") from None
-    for column in (SMILES, PROTEIN):
-        if column not in frame.columns:
-            raise InputError(
-                f"{source}: missing column {column!r} (found {', '.join(frame.columns) or 'none'})"
-            )
-    ids = frame[ID] if ID in frame.columns else pl.Series(ID, range(len(frame)))
-    return molecule_rows(frame[SMILES].cast(pl.String), frame[PROTEIN].cast(pl.String), ids.cast(pl.Int64))
-
-
-def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
-    """BELKA-format rows; the building blocks are unknown and not needed to score."""
-    return pl.DataFrame(
-        {ID: ids, **{bb: [""] * len(ids) for bb in BB_COLUMNS}, SMILES: smiles, PROTEIN: proteins},
-        schema={ID: pl.Int64, **dict.fromkeys(BB_COLUMNS, pl.String), SMILES: pl.String, PROTEIN: pl.String},
-    )
-
-
-def score_rows(
-    raw: pl.DataFrame, model_dir: Path, batch_rows: int, n_workers: int = 1
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(``id,binds`` for every row, the rejected rows with their reason): featurized by the featurize stage's code
-    with the model's feature settings, scored by :func:`predict_file`."""
-    spec = cached_model(model_dir).feature_spec
-    options = featurize.Options(
-        config=FeatureConfig.from_spec(spec), batch_rows=batch_rows, workers=n_workers, cache_dir=None
-    )
-    with tempfile.TemporaryDirectory(prefix="belka-score-") as tmp:
-        source, features, rejects = (
-            Path(tmp) / "raw.parquet",
-            Path(tmp) / "features",
-            Path(tmp) / "rejects.csv",
-        )
-        write_parquet(raw, source)
-        featurize.featurize(source, features, rejects, options, needs_binds=False)
-        rejected = pl.read_csv(
-            rejects, schema_overrides={ID: pl.Int64, PROTEIN: pl.String, SMILES: pl.String}
-        )
-        return predict_file(features, rejects, model_dir, batch_rows), rejected
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict",
@@ -190,22 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.smiles is not None and not args.protein:
         parser.error("--smiles needs --protein")
 
+    if not args.features:  # on demand: stages.serve, imported only here (the pipeline stage never needs it)
+        return importlib.import_module("stages.serve").main(argv)
+
     def body() -> None:
         params = load_params(args.params)
-        batch_rows = params.resources.batch_rows
-        if args.features:
-            submission = predict_file(
-                args.features, args.rejects, args.models, batch_rows, params.resources.engine, workers(params)
-            )
-        elif args.input:
-            submission, _ = score_rows(read_molecules(args.input), args.models, batch_rows, workers(params))
-        else:
-            raw = molecule_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
-            submission, rejected = score_rows(raw, args.models, batch_rows)
-            if len(rejected):
-                raise InputError(f"--smiles {args.smiles!r}: {rejected['reason'][0]}")
-            print(repr(float(submission["binds"][0])), file=sys.stdout)
-            return
+        submission = predict_file(
+            args.features,
+            args.rejects,
+            args.models,
+            params.resources.batch_rows,
+            params.resources.engine,
+            workers(params),
+        )
         write_csv(submission, args.output)
         log.info("wrote %d predictions to %s", len(submission), args.output)
 

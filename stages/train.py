@@ -545,13 +545,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         result = train_model(load_params(args.params), args.rows, args.features, args.models, args.live)
-        log.info(
-            "trained on %d rows x %d features, %d rounds (%s)",
-            result["rows"],
-            result["features"],
-            result["rounds"],
-            result["matrix"],
+        rounds = ", ".join(
+            f"{key if key != JOINT else 'all'}: {result['best_iteration'][key] + 1} of {boosted}"
+            for key, boosted in result["rounds"].items()
         )
+        log.info(
+            "%s model on %d rows x %d features (%s); trees kept per booster: %s",
+            result["model"], result["rows"], result["features"], result["matrix"], rounds,
+        )  # fmt: skip
 
     return run_main(body)
 

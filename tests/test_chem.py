@@ -6,7 +6,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
-from stages import chem
+from stages import chem, features
 from stages.molecules import unpack_fingerprints
 
 # A real Kaggle row: building block 1 (an Fmoc amino acid) sits on the triazine; its acid is the DNA-linked amide.
@@ -18,8 +18,8 @@ EXPECTED = "Cc1ccc(C#N)cc1Nc1nc(NCCC(C)S(C)=O)nc(Nc2cccc(C(N)=O)c2C(=O)O)n1"
 def config(
     fingerprint: bool = True, n_bits: int = 1024, descriptors=("MolWt", "NumHDonors", "NumHAcceptors")
 ):
-    fp = chem.FingerprintConfig("morgan" if fingerprint else "none", 2, n_bits)
-    return chem.FeatureConfig(tuple(descriptors), fp, 1000)
+    fp = features.FingerprintConfig("morgan" if fingerprint else "none", 2, n_bits)
+    return features.FeatureConfig(tuple(descriptors), fp, 1000)
 
 
 def canonical(smiles: str) -> str:
@@ -43,9 +43,9 @@ def test_stripping_dy_matches_rdkit_replacing_the_atom_with_hydrogen():
 
 def test_molecular_weight_of_the_known_example():
     cleaned, _ = chem.clean_smiles(KAGGLE_SMILES)
-    features = chem.featurize_smiles([cleaned], config())
-    assert features.reasons == [None]
-    mw, hbd, hba = features.descriptors[0]
+    batch = chem.featurize_smiles([cleaned], config())
+    assert batch.reasons == [None]
+    mw, hbd, hba = batch.descriptors[0]
     assert mw == pytest.approx(Descriptors.MolWt(Chem.MolFromSmiles(EXPECTED)))
     assert mw == pytest.approx(522.59, abs=0.01)  # C24H26N8O4S
     assert hbd >= 4 and hba >= 8
@@ -53,12 +53,12 @@ def test_molecular_weight_of_the_known_example():
 
 def test_any_rdkit_descriptor_can_be_a_feature():
     cleaned, _ = chem.clean_smiles(KAGGLE_SMILES)
-    features = chem.featurize_smiles(
+    batch = chem.featurize_smiles(
         [cleaned, "CCO"], config(descriptors=("RingCount", "NumHDonors", "MolWt"))
     )
     # by hand: two benzene rings and the triazine; ethanol has none, one OH donor, and weighs 46.07
-    assert features.descriptors[0, 0] == 3
-    assert features.descriptors[1].tolist() == pytest.approx([0, 1, 46.069], abs=1e-3)
+    assert batch.descriptors[0, 0] == 3
+    assert batch.descriptors[1].tolist() == pytest.approx([0, 1, 46.069], abs=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -79,23 +79,23 @@ def test_clean_smiles_rejects_with_a_reason(smiles, reason):
 def test_wildcard_atoms_are_rejected():
     # RDKit parses "*" as an atom of atomic number 0 and molecular weight 0 (found by the property test)
     assert Descriptors.MolWt(Chem.MolFromSmiles("*")) == 0
-    features = chem.featurize_smiles(["*", "CC(*)N", "CCN"], config(n_bits=64))
-    assert features.reasons[:2] == ["wildcard atom (*) in the SMILES: not a molecule"] * 2
-    assert features.reasons[2] is None
+    batch = chem.featurize_smiles(["*", "CC(*)N", "CCN"], config(n_bits=64))
+    assert batch.reasons[:2] == ["wildcard atom (*) in the SMILES: not a molecule"] * 2
+    assert batch.reasons[2] is None
 
 
 def test_unparsable_smiles_is_a_reason_not_an_exception():
-    features = chem.featurize_smiles(["C1CC", "not a smiles", "CCO"], config(n_bits=64))
-    assert features.reasons[:2] == ["RDKit could not parse the SMILES"] * 2
-    assert features.reasons[2] is None
+    batch = chem.featurize_smiles(["C1CC", "not a smiles", "CCO"], config(n_bits=64))
+    assert batch.reasons[:2] == ["RDKit could not parse the SMILES"] * 2
+    assert batch.reasons[2] is None
 
 
 def test_fingerprints_are_bit_packed_and_unpack_to_rdkit_bits():
     from rdkit.Chem import rdFingerprintGenerator
 
-    features = chem.featurize_smiles([EXPECTED], config(n_bits=2048))
-    assert features.fp.shape == (1, 256)  # 2048 bits in 256 bytes
-    bits = unpack_fingerprints(features.fp, 2048)[0]
+    batch = chem.featurize_smiles([EXPECTED], config(n_bits=2048))
+    assert batch.fp.shape == (1, 256)  # 2048 bits in 256 bytes
+    bits = unpack_fingerprints(batch.fp, 2048)[0]
     expected = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048).GetFingerprintAsNumPy(
         Chem.MolFromSmiles(EXPECTED)
     )
@@ -103,8 +103,8 @@ def test_fingerprints_are_bit_packed_and_unpack_to_rdkit_bits():
 
 
 def test_fingerprint_can_be_switched_off():
-    features = chem.featurize_smiles([EXPECTED], config(fingerprint=False, n_bits=2048))
-    assert features.fp.shape == (1, 0)
+    batch = chem.featurize_smiles([EXPECTED], config(fingerprint=False, n_bits=2048))
+    assert batch.fp.shape == (1, 0)
 
 
 def test_molecule_key_is_stable_and_keys_of_hashes_each_value_once():
@@ -125,10 +125,10 @@ def test_feature_spec_names_everything_that_shapes_features_and_its_differences(
     spec = config().spec()
     assert spec["descriptors"] == ["MolWt", "NumHDonors", "NumHAcceptors"]
     assert spec["fingerprint"] == {"type": "morgan", "radius": 2, "n_bits": 1024, "chirality": False}
-    assert spec["rdkit"] == __import__("rdkit").__version__ and spec["version"] == chem.FEATURE_VERSION
-    assert chem.FeatureConfig.from_spec(spec) == config()
-    other = chem.FeatureConfig(("MolWt",), chem.FingerprintConfig("morgan", 3, 1024), 1000).spec()
-    assert chem.spec_differences(other, spec) == [
+    assert spec["rdkit"] == __import__("rdkit").__version__ and spec["version"] == features.FEATURE_VERSION
+    assert features.FeatureConfig.from_spec(spec) == config()
+    other = features.FeatureConfig(("MolWt",), features.FingerprintConfig("morgan", 3, 1024), 1000).spec()
+    assert features.spec_differences(other, spec) == [
         "descriptors: ['MolWt'] != ['MolWt', 'NumHDonors', 'NumHAcceptors']",
         "fingerprint.radius: 3 != 2",
     ]
@@ -174,11 +174,11 @@ def test_every_fingerprint_type_gives_rdkits_own_generator_bits(kind, reference,
     from rdkit.Chem import rdFingerprintGenerator
 
     molecules = [EXPECTED, "C[C@H](N)C(N)=O", "C[C@@H](N)C(N)=O", "OC(=O)[C@@H]1CCCN1"]
-    config = chem.FeatureConfig((), chem.FingerprintConfig(kind, 3, 512, chirality), 1000)
-    features = chem.featurize_smiles(molecules, config)
-    assert features.fp.shape == (4, 64)
+    config = features.FeatureConfig((), features.FingerprintConfig(kind, 3, 512, chirality), 1000)
+    batch = chem.featurize_smiles(molecules, config)
+    assert batch.fp.shape == (4, 64)
     generator = reference(rdFingerprintGenerator, chirality, 512)
-    for packed, smiles in zip(features.fp, molecules, strict=True):
+    for packed, smiles in zip(batch.fp, molecules, strict=True):
         np.testing.assert_array_equal(
             unpack_fingerprints(packed[None], 512)[0], rdkit_bits(generator, smiles)
         )
@@ -187,22 +187,22 @@ def test_every_fingerprint_type_gives_rdkits_own_generator_bits(kind, reference,
 def test_chirality_tells_l_from_d_alanine_amide():
     l_ala, d_ala = "C[C@H](N)C(N)=O", "C[C@@H](N)C(N)=O"
     for chirality, differ in ((False, False), (True, True)):
-        config = chem.FeatureConfig((), chem.FingerprintConfig("morgan", 2, 1024, chirality), 1000)
+        config = features.FeatureConfig((), features.FingerprintConfig("morgan", 2, 1024, chirality), 1000)
         fp = chem.featurize_smiles([l_ala, d_ala], config).fp
         assert (fp[0] != fp[1]).any() == differ, chirality
 
 
 def test_the_spec_records_only_what_shapes_the_bits():
-    assert chem.FingerprintConfig("atom_pair", 3, 256, True).spec() == {
+    assert features.FingerprintConfig("atom_pair", 3, 256, True).spec() == {
         "type": "atom_pair",
         "n_bits": 256,
         "chirality": True,
     }  # no radius: atom pairs have none
-    assert chem.FingerprintConfig("none", 3, 256, True).spec() == {"type": "none"}
-    assert chem.FingerprintConfig("none").bits == 0
+    assert features.FingerprintConfig("none", 3, 256, True).spec() == {"type": "none"}
+    assert features.FingerprintConfig("none").bits == 0
     for fingerprint in (
-        chem.FingerprintConfig("feature_morgan", 3, 256, True),
-        chem.FingerprintConfig("none"),
+        features.FingerprintConfig("feature_morgan", 3, 256, True),
+        features.FingerprintConfig("none"),
     ):
-        config = chem.FeatureConfig(("MolWt",), fingerprint, 100)
-        assert chem.FeatureConfig.from_spec(config.spec()).spec() == config.spec()
+        config = features.FeatureConfig(("MolWt",), fingerprint, 100)
+        assert features.FeatureConfig.from_spec(config.spec()).spec() == config.spec()

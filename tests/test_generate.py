@@ -79,3 +79,25 @@ def test_deterministic_and_growing_train_appends_rows_and_leaves_test_alone(data
 def test_seed_changes_the_data(data):
     other, _ = generate(Generate(**{**BASE, "seed": 4}))
     assert not np.array_equal(other["molecule_smiles"].to_numpy(), data[0]["molecule_smiles"].to_numpy())
+
+
+def test_a_process_pool_changes_nothing_but_speed(data, monkeypatch):
+    from stages import engine
+    from stages import generate as generate_module
+
+    monkeypatch.setattr(generate_module, "SMILES_CHUNK", 100)  # 600 molecules: several tasks
+    with engine.executor("local", 2) as pool:
+        train, test = generate(Generate(**BASE), pool)
+    assert train.equals(data[0]) and test.equals(data[1])
+
+
+def test_positions_2_and_3_draw_from_one_amine_pool_and_test_only_molecules_use_only_test_only_blocks(data):
+    train, test = data
+    assert set(train["buildingblock2_smiles"]) & set(train["buildingblock3_smiles"])
+    seen = set(pl.concat([train[c] for c in train.columns if c.startswith("buildingblock")]).to_list())
+    bb = [c for c in test.columns if c.startswith("buildingblock")]
+    for row in test.select(bb).rows():
+        assert sum(b in seen for b in row) in (
+            0,
+            3,
+        )  # no test molecule mixes seen and unseen blocks (Kaggle's)

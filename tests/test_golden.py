@@ -1,6 +1,6 @@
 """The feature version pins what features are: a change of features without a ``FEATURE_VERSION`` bump fails here.
 
-The golden file holds, for the current :data:`stages.chem.FEATURE_VERSION`, digests of the features of fixed
+The golden file holds, for the current :data:`stages.features.FEATURE_VERSION`, digests of the features of fixed
 molecule sets (edge cases, generated BELKA-like molecules, the real Kaggle sample) under every fingerprint type and
 RDKit's 217 descriptors, and of the stored format (what featurize writes for a fixed input). A comment or a
 refactor leaves every digest equal; a change of cleaning, descriptors, fingerprints or stored format does not, and
@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import rdkit
 
-from stages import chem, featurize
+from stages import chem, featurize, features
 from stages.io import write_parquet
 from tests.conftest import SHARED_SAMPLE
 
@@ -39,16 +39,16 @@ EDGE_CASES = [
 ]  # fmt: skip
 
 FINGERPRINTS = {
-    "morgan": chem.FingerprintConfig("morgan", 2, 1024, False),
-    "morgan_r3_chiral": chem.FingerprintConfig("morgan", 3, 2048, True),
-    "feature_morgan_chiral": chem.FingerprintConfig("feature_morgan", 2, 512, True),
-    "atom_pair": chem.FingerprintConfig("atom_pair", 2, 1024, False),
-    "topological_torsion_chiral": chem.FingerprintConfig("topological_torsion", 2, 1024, True),
+    "morgan": features.FingerprintConfig("morgan", 2, 1024, False),
+    "morgan_r3_chiral": features.FingerprintConfig("morgan", 3, 2048, True),
+    "feature_morgan_chiral": features.FingerprintConfig("feature_morgan", 2, 512, True),
+    "atom_pair": features.FingerprintConfig("atom_pair", 2, 1024, False),
+    "topological_torsion_chiral": features.FingerprintConfig("topological_torsion", 2, 1024, True),
 }
 DEFAULT_DESCRIPTORS = ("MolWt", "NumHDonors", "NumHAcceptors")
 
 
-def digest_batch(batch: chem.FeatureBatch) -> str:
+def digest_batch(batch: features.FeatureBatch) -> str:
     """sha256 of descriptor values (NaN as one bit pattern), fingerprint bytes and reject reasons, in order."""
     descriptors = np.where(np.isnan(batch.descriptors), np.nan, batch.descriptors).astype("<f8")
     h = hashlib.sha256(descriptors.tobytes())
@@ -96,7 +96,7 @@ def stored_format(tmp: Path) -> dict[str, str]:
         }
     )
     write_parquet(raw, tmp / "raw.parquet")
-    config = chem.FeatureConfig(DEFAULT_DESCRIPTORS, FINGERPRINTS["morgan"], 400)
+    config = features.FeatureConfig(DEFAULT_DESCRIPTORS, FINGERPRINTS["morgan"], 400)
     options = featurize.Options(config=config, batch_rows=1000, cache_dir=None)
     featurize.featurize(tmp / "raw.parquet", tmp / "out", tmp / "rejects.csv", options, needs_binds=True)
     return {
@@ -113,11 +113,11 @@ def current_digests(tmp: Path) -> dict[str, str]:
     digests = {}
     for name, molecules in sets.items():
         for fp_name, fingerprint in FINGERPRINTS.items():
-            config = chem.FeatureConfig(DEFAULT_DESCRIPTORS, fingerprint, 400)
+            config = features.FeatureConfig(DEFAULT_DESCRIPTORS, fingerprint, 400)
             digests[f"{name}/{fp_name}"] = digest_batch(chem.featurize_smiles(molecules, config))
         every = tuple(chem.descriptor_functions())
         subset = molecules if name == "edge" else molecules[:60]
-        config = chem.FeatureConfig(every, chem.FingerprintConfig("none"), 400)
+        config = features.FeatureConfig(every, features.FingerprintConfig("none"), 400)
         digests[f"{name}/all_descriptors"] = digest_batch(chem.featurize_smiles(subset, config))
     digests.update(stored_format(tmp))
     return digests
@@ -125,8 +125,8 @@ def current_digests(tmp: Path) -> dict[str, str]:
 
 def test_features_match_the_golden_digests_of_this_feature_version(tmp_path: Path) -> None:
     golden = json.loads(GOLDEN.read_text())
-    assert golden["feature_version"] == chem.FEATURE_VERSION, (
-        f"FEATURE_VERSION is {chem.FEATURE_VERSION} but {GOLDEN.name} pins version {golden['feature_version']}: "
+    assert golden["feature_version"] == features.FEATURE_VERSION, (
+        f"FEATURE_VERSION is {features.FEATURE_VERSION} but {GOLDEN.name} pins version {golden['feature_version']}: "
         "record the new version's digests with `python -m tests.test_golden --update`"
     )
     digests = current_digests(tmp_path)
@@ -137,12 +137,12 @@ def test_features_match_the_golden_digests_of_this_feature_version(tmp_path: Pat
     assert not changed and not missing, (
         f"features changed without a FEATURE_VERSION bump (golden made with RDKit {golden['rdkit']}, running "
         f"{rdkit.__version__}): {changed or missing}. If the change is intended, bump FEATURE_VERSION in "
-        "stages/chem.py and run `python -m tests.test_golden --update`"
+        "stages/features.py and run `python -m tests.test_golden --update`"
     )
 
 
 def test_the_golden_sets_cover_what_they_claim() -> None:
-    config = chem.FeatureConfig(DEFAULT_DESCRIPTORS, FINGERPRINTS["morgan"], 400)
+    config = features.FeatureConfig(DEFAULT_DESCRIPTORS, FINGERPRINTS["morgan"], 400)
     batch = chem.featurize_smiles(EDGE_CASES, config)
     rejected = [s for s, r in zip(EDGE_CASES, batch.reasons, strict=True) if r]
     assert rejected == ["C(C)(C)(C)(C)C", "c1cccc1", "C1CC"]  # invalid valence, impossible ring, open ring
@@ -157,14 +157,14 @@ def update() -> None:
     old = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         digests = current_digests(Path(tmp))
-    if old and old["feature_version"] == chem.FEATURE_VERSION and old["rdkit"] == rdkit.__version__:
+    if old and old["feature_version"] == features.FEATURE_VERSION and old["rdkit"] == rdkit.__version__:
         changed = sorted(n for n, v in digests.items() if old["digests"].get(n, v) != v)
         if changed:
             sys.exit(
                 f"features changed ({changed}) but FEATURE_VERSION and RDKit did not: bump FEATURE_VERSION first"
             )
     GOLDEN.parent.mkdir(exist_ok=True)
-    record = {"feature_version": chem.FEATURE_VERSION, "rdkit": rdkit.__version__, "digests": digests}
+    record = {"feature_version": features.FEATURE_VERSION, "rdkit": rdkit.__version__, "digests": digests}
     GOLDEN.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN} ({len(digests)} digests)")
 

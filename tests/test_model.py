@@ -5,7 +5,7 @@ import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import model as artifacts
-from stages.chem import FeatureConfig, FingerprintConfig
+from stages.features import FeatureConfig, FingerprintConfig
 
 EXTRA = {
     "features": FeatureConfig(

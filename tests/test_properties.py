@@ -6,11 +6,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages import chem
+from stages import chem, features
 from stages.featurize import KeySet
 
-CONFIG = chem.FeatureConfig(
-    ("MolWt", "NumHDonors", "NumHAcceptors"), chem.FingerprintConfig("morgan", 2, 64), 200
+CONFIG = features.FeatureConfig(
+    ("MolWt", "NumHDonors", "NumHAcceptors"), features.FingerprintConfig("morgan", 2, 64), 200
 )
 MAX_LENGTH = 200
 

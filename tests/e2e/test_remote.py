@@ -114,13 +114,13 @@ def test_remote_is_configured_without_endpoint_or_credentials():
 
 def test_clone_and_pull_gives_identical_outputs(reproduced_repo, pushed, s3_endpoint, tmp_path):
     fresh = clone(reproduced_repo, tmp_path / "clone", s3_endpoint)
-    assert not (fresh.path / "models" / "model.json").exists()
+    assert not (fresh.path / "models" / "manifest.json").exists()
 
     fresh.dvc("pull")
 
     folders = ("data", "models", "metrics")
     assert file_hashes(fresh.path, *folders) == file_hashes(reproduced_repo.path, *folders)
-    assert "models/model.json" in file_hashes(fresh.path, "models")
+    assert "models/manifest.json" in file_hashes(fresh.path, "models")
     assert "up to date" in fresh.dvc("status").stdout
     assert "in sync" in fresh.dvc("status", "--cloud").stdout
 

@@ -1,0 +1,79 @@
+"""The README's sweep recipe through real `dvc exp` commands: queue a grid, run it, compare, keep the best."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import Repo, clone
+
+pytestmark = pytest.mark.slow
+
+# The README's recipe, the same commands ("Sweeps and the model registry").
+GRID = ["-S", "train.model=joint,per_protein", "-S", "xgb.max_depth=3"]
+SHOW = ["exp", "show", "--sort-by", "metrics/evaluate.json:score", "--sort-order", "desc",
+        "--drop", ".*", "--keep", "Experiment|score$|share$|non_share$|train.model|max_depth"]  # fmt: skip
+
+
+def wait_for_queue(repo: Repo, expected: int, timeout: float = 900) -> list[str]:
+    """Poll `dvc queue status` until ``expected`` experiments have finished; their names."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = repo.dvc("queue", "status").stdout.splitlines()
+        rows = [line.split() for line in lines if line.strip() and not line.startswith(("Task", "Worker"))]
+        done = [row for row in rows if len(row) >= 3 and row[2] in ("Success", "Failed")]
+        if any(row[2] == "Failed" for row in done):
+            raise AssertionError(
+                "\n".join(lines) + "\n" + repo.dvc("queue", "logs", done[0][0], check=False).stdout
+            )
+        if len(done) >= expected and not any(
+            row[2] in ("Queued", "Running") for row in rows if len(row) >= 3
+        ):
+            return [row[1] for row in done]
+        time.sleep(2)
+    raise AssertionError(f"the queue did not finish in {timeout} s:\n" + repo.dvc("queue", "status").stdout)
+
+
+def experiments(repo: Repo) -> dict[str, dict]:
+    """name -> {params, metrics} of every experiment `dvc exp show --json` lists."""
+    out = {}
+    for entry in json.loads(repo.dvc("exp", "show", "--json").stdout):
+        for exp in entry.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            out[exp.get("name") or data["rev"]] = {
+                "params": data["params"]["params.yaml"]["data"],
+                "metrics": data["metrics"]["metrics/evaluate.json"]["data"],
+            }
+    return out
+
+
+def test_a_queued_grid_runs_compares_and_the_best_is_applied(reproduced_repo: Repo, tmp_path: Path) -> None:
+    repo = clone(reproduced_repo, tmp_path / "clone")
+    queued = repo.dvc("exp", "run", "--queue", *GRID)
+    assert queued.stdout.count("Queued experiment") == 2, queued.stdout
+    repo.dvc("queue", "start", "--jobs", "1")
+    names = wait_for_queue(repo, 2)
+    found = experiments(repo)
+    assert set(names) <= set(found) and len(found) == 2, found
+    assert sorted(e["params"]["train"]["model"] for e in found.values()) == ["joint", "per_protein"]
+    assert all(e["params"]["xgb"]["max_depth"] == 3 for e in found.values())
+    table = repo.dvc(*SHOW).stdout
+    assert "score" in table and all(name in table for name in found), table
+    assert "BRD4/train" not in table and "stop_share" not in table  # readable: the training curves dropped
+    best = max(found, key=lambda name: found[name]["metrics"]["score"])
+    repo.dvc("exp", "apply", best)
+    params = yaml.safe_load((repo.path / "params.yaml").read_text())
+    assert params["train"]["model"] == found[best]["params"]["train"]["model"]
+    assert json.loads((repo.path / "metrics/evaluate.json").read_text()) == found[best]["metrics"]
+    assert (repo.path / "models/manifest.json").exists()
+    manifest = json.loads((repo.path / "models/manifest.json").read_text())
+    assert manifest["model"] == params["train"]["model"]
+    # the model registry: DVC finds the model dvc.yaml declares as an artifact
+    shown = repo.run(sys.executable, "-c", "import dvc.api, json; "
+                     "print(json.dumps(dvc.api.artifacts_show('belka-binding-model', repo='.')))").stdout  # fmt: skip
+    assert json.loads(shown)["path"] == "models", shown
