@@ -53,9 +53,7 @@ def test_molecular_weight_of_the_known_example():
 
 def test_any_rdkit_descriptor_can_be_a_feature():
     cleaned, _ = chem.clean_smiles(KAGGLE_SMILES)
-    batch = chem.featurize_smiles(
-        [cleaned, "CCO"], config(descriptors=("RingCount", "NumHDonors", "MolWt"))
-    )
+    batch = chem.featurize_smiles([cleaned, "CCO"], config(descriptors=("RingCount", "NumHDonors", "MolWt")))
     # by hand: two benzene rings and the triazine; ethanol has none, one OH donor, and weighs 46.07
     assert batch.descriptors[0, 0] == 3
     assert batch.descriptors[1].tolist() == pytest.approx([0, 1, 46.069], abs=1e-3)

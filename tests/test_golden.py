@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import rdkit
 
-from stages import chem, featurize, features
+from stages import chem, features, featurize
 from stages.io import write_parquet
 from tests.conftest import SHARED_SAMPLE
 
