@@ -86,30 +86,29 @@ def part_of(rows: pl.DataFrame, rule: Rule | None) -> np.ndarray:
 
 @dataclass
 class LabelCounts:
-    """Rows and positives per protein: of every training row (the base rates) and of the fit part."""
+    """Rows and positives of the training rows by (part, protein): every part gives the base rates, the fit part
+    the negative rates, and a part without both classes is not built into a matrix."""
 
-    rows: dict[str, int] = field(default_factory=dict)
-    positives: dict[str, int] = field(default_factory=dict)
-    fit_rows: dict[str, int] = field(default_factory=dict)
-    fit_positives: dict[str, int] = field(default_factory=dict)
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)
+    positives: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, rows: pl.DataFrame, parts: np.ndarray) -> None:
-        for target_rows, target_positives, chosen in (
-            (self.rows, self.positives, rows),
-            (self.fit_rows, self.fit_positives, rows.filter(pl.Series(parts == FIT))),
-        ):
-            for protein, n, positives in (
-                chosen.group_by(PROTEIN).agg(pl.len(), pl.col(BINDS).sum()).iter_rows()
-            ):
-                target_rows[protein] = target_rows.get(protein, 0) + n
-                target_positives[protein] = target_positives.get(protein, 0) + positives
+        grouped = rows.with_columns(pl.Series("part", parts)).group_by("part", PROTEIN)
+        for part, protein, n, positives in grouped.agg(pl.len(), pl.col(BINDS).sum()).iter_rows():
+            self.rows[part, protein] = self.rows.get((part, protein), 0) + n
+            self.positives[part, protein] = self.positives.get((part, protein), 0) + positives
 
     @property
     def proteins(self) -> list[str]:
-        return sorted(self.rows)
+        return sorted({protein for _, protein in self.rows})
+
+    def of(self, part: str | None = None, protein: str | None = None) -> tuple[int, int]:
+        """(rows, positives) of a part (None: all) and a protein (None: all)."""
+        chosen = [k for k in self.rows if part in (None, k[0]) and protein in (None, k[1])]
+        return sum(self.rows[k] for k in chosen), sum(self.positives[k] for k in chosen)
 
     def base_rate(self) -> dict[str, float]:
-        return {p: self.positives[p] / self.rows[p] for p in self.proteins}
+        return {p: self.of(protein=p)[1] / self.of(protein=p)[0] for p in self.proteins}
 
 
 def negative_rates(params: Params, counts: LabelCounts) -> dict[str, float]:
@@ -119,8 +118,8 @@ def negative_rates(params: Params, counts: LabelCounts) -> dict[str, float]:
         return dict.fromkeys(counts.proteins, params.train.negative_sample_rate)
     rates = {}
     for protein in counts.proteins:
-        negatives = counts.fit_rows.get(protein, 0) - counts.fit_positives.get(protein, 0)
-        positives = counts.fit_positives.get(protein, 0)
+        rows, positives = counts.of(FIT, protein)
+        negatives = rows - positives
         rates[protein] = min(1.0, per_positive * positives / negatives) if negatives and positives else 1.0
     return rates
 
@@ -162,17 +161,14 @@ class RowBatches(xgb.DataIter):
     ) -> None:
         self.source, self.store, self.encoder, self.scaler = source, store, encoder, scaler
         self.iterator: Iterator[pl.DataFrame] | None = None
-        self.rows = self.positives = 0  # of the last pass
         super().__init__(cache_prefix=cache_prefix)
 
     def next(self, input_data: Callable) -> bool:
         if self.iterator is None:
-            self.iterator, self.rows, self.positives = self.source.batches(), 0, 0
+            self.iterator = self.source.batches()
         rows = next(self.iterator, None)
         if rows is None:
             return False
-        self.rows += len(rows)
-        self.positives += int(rows[BINDS].sum())
         matrix = design_matrix(rows, self.store, self.encoder, self.scaler)
         input_data(
             data=matrix, label=rows[BINDS].to_numpy().astype(np.float32), weight=rows["weight"].to_numpy()
@@ -187,24 +183,30 @@ class RowBatches(xgb.DataIter):
 class Preprocessing:
     encoder: OneHotEncoder
     scaler: StandardScaler
-    counts: LabelCounts
+    counts: LabelCounts  # every training row
+    kept: LabelCounts  # the rows negative sampling keeps: what each matrix will hold
     rates: dict[str, float]
 
 
 def fit_preprocessing(params: Params, rows_dir: Path, store: MoleculeStore) -> Preprocessing:
-    """Two streaming passes over the training rows: the labels (base rates before any sampling, the fit part's
-    counts that set the negative rates), then the scaler on the sampled fit rows the model trains on."""
+    """Streaming passes over the training rows: the labels (base rates before any sampling, the fit part's counts
+    that set the negative rates, then what sampling keeps), then the scaler on the sampled fit rows the model trains
+    on."""
     rule, seed = inner_rule(params), params.train.seed
     counts = LabelCounts()
     for rows in iter_row_batches(rows_dir, params.train.batch_rows, columns=LABEL_COLUMNS):
         counts.add(rows, part_of(rows, rule))
     if not counts.rows:
         raise InputError("train: no training rows (check the split and the input data)")
-    if not counts.fit_rows:
+    if not counts.of(FIT)[0]:
         raise InputError(
             "train: the early-stopping part takes every training row; lower train.early_stopping's fractions"
         )
     rates = negative_rates(params, counts)
+    kept = LabelCounts()
+    for rows in iter_row_batches(rows_dir, params.train.batch_rows, columns=LABEL_COLUMNS):
+        sampled = sample_rows(rows, rates, seed)
+        kept.add(sampled, part_of(sampled, rule))
     scaler = StandardScaler()
     if store.descriptors:
         source = RowSource(
@@ -218,7 +220,7 @@ def fit_preprocessing(params: Params, rows_dir: Path, store: MoleculeStore) -> P
     categories = counts.proteins
     encoder = OneHotEncoder(categories=[categories], sparse_output=False, dtype=np.float32)
     encoder.fit(np.array(categories, dtype=object).reshape(-1, 1))
-    return Preprocessing(encoder, scaler, counts, rates)
+    return Preprocessing(encoder, scaler, counts, kept, rates)
 
 
 class ProgressBar(xgb.callback.TrainingCallback):
@@ -332,7 +334,7 @@ def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: P
                     categories if settings.model == "joint" else None, store.descriptors, store.n_bits
                 ),
                 "base_rate": prep.counts.base_rate(),
-                "train_rows": dict(sorted(prep.counts.rows.items())),
+                "train_rows": {p: prep.counts.of(protein=p)[0] for p in prep.counts.proteins},
                 "negative_rate": dict(sorted(prep.rates.items())),
                 "best_iteration": {key: result.best_iteration for key, result in fitted.items()},
                 "distributed_workers": settings.distributed_workers,
@@ -393,22 +395,21 @@ def fit_local(
             prefix = str(pages / f"{protein or 'all'}-{part}") if external else None
             source = RowSource(rows_dir, params.train.batch_rows, rule, part, protein, rates, seed)
             iterator = RowBatches(source, store, encoder, prep.scaler, cache_prefix=prefix)
-            built = matrix_type(iterator, max_bin=params.xgb.max_bin, ref=ref)
-            return built, iterator
+            return matrix_type(iterator, max_bin=params.xgb.max_bin, ref=ref)
 
-        dfit, fit_rows = matrix(FIT)
-        if fit_rows.rows == 0:
+        if prep.kept.of(FIT, protein)[0] == 0:
             raise InputError(f"{what}: no rows to train on in {rows_dir}")
+        dfit = matrix(FIT)
         evals = [(dfit, "train")]
         callbacks: list[xgb.callback.TrainingCallback] = []
         if rule is not None:
             for part in (STOP_SHARE, STOP_UNSEEN):
-                dpart, rows = matrix(part, ref=dfit)
-                if 0 < rows.positives < rows.rows:  # a metric like aucpr needs both classes
-                    evals.append((dpart, part))
+                rows, positives = prep.kept.of(part, protein)
+                if 0 < positives < rows:  # a metric like aucpr needs both classes
+                    evals.append((matrix(part, ref=dfit), part))
                 else:
                     log.warning("%s: the early-stopping part %s has %d rows, %d positive: not used", what, part,
-                                rows.rows, rows.positives)  # fmt: skip
+                                rows, positives)  # fmt: skip
             stopper = InnerEarlyStopping(stopping, params.xgb.eval_metric, [STOP_SHARE, STOP_UNSEEN])
             callbacks.append(stopper)
         history: dict = {}

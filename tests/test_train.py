@@ -60,9 +60,9 @@ def test_per_protein_predictions_are_each_proteins_own_booster(mini_run: MiniRun
 
 def test_negatives_per_positive_keeps_k_negatives_a_positive_weighted_back_to_the_base_rate():
     counts = LabelCounts(
-        rows={"BRD4": 1000, "HSA": 1000, "sEH": 10}, positives={"BRD4": 10, "HSA": 0, "sEH": 6},
-        fit_rows={"BRD4": 800, "HSA": 900, "sEH": 10}, fit_positives={"BRD4": 8, "HSA": 0, "sEH": 6},
-    )  # fmt: skip
+        rows={("fit", "BRD4"): 800, ("stop_share", "BRD4"): 200, ("fit", "HSA"): 900, ("fit", "sEH"): 10},
+        positives={("fit", "BRD4"): 8, ("stop_share", "BRD4"): 2, ("fit", "HSA"): 0, ("fit", "sEH"): 6},
+    )
     params = with_train(Params.model_validate(_raw()), negatives_per_positive=2.0)
     # by hand: BRD4 keeps 2 x 8 of 792 negatives; HSA has no positive and sEH fewer negatives than 2 a positive:
     # both keep every negative

@@ -21,20 +21,19 @@ SHOW = ["exp", "show", "--sort-by", "metrics/evaluate.json:score", "--sort-order
 
 
 def wait_for_queue(repo: Repo, expected: int, timeout: float = 900) -> list[str]:
-    """Poll `dvc queue status` until ``expected`` experiments have finished; their names."""
+    """Poll `dvc queue status` until ``expected`` experiments have finished; their names. Its rows read
+    ``<task> <name> <created: one or more words> <status>``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lines = repo.dvc("queue", "status").stdout.splitlines()
-        rows = [line.split() for line in lines if line.strip() and not line.startswith(("Task", "Worker"))]
-        done = [row for row in rows if len(row) >= 3 and row[2] in ("Success", "Failed")]
-        if any(row[2] == "Failed" for row in done):
-            raise AssertionError(
-                "\n".join(lines) + "\n" + repo.dvc("queue", "logs", done[0][0], check=False).stdout
-            )
-        if len(done) >= expected and not any(
-            row[2] in ("Queued", "Running") for row in rows if len(row) >= 3
-        ):
-            return [row[1] for row in done]
+        rows = [line.split() for line in lines[1:] if line.strip() and not line.startswith("Worker")]
+        failed = [row for row in rows if row[-1] == "Failed"]
+        if failed:
+            logs = repo.dvc("queue", "logs", failed[0][1], check=False)
+            raise AssertionError("\n".join(lines) + "\n" + logs.stdout + logs.stderr)
+        done = [row[1] for row in rows if row[-1] == "Success"]
+        if len(done) >= expected and all(row[-1] == "Success" for row in rows):
+            return done
         time.sleep(2)
     raise AssertionError(f"the queue did not finish in {timeout} s:\n" + repo.dvc("queue", "status").stdout)
 
