@@ -29,12 +29,17 @@ from stages.cli import progress, run_main, setup_logging
 from stages.dataset import count_rows
 from stages.io import (
     BB_COLUMNS,
+    CSV_SUFFIXES,
     ID,
     PROTEIN,
     SMILES,
     InputError,
+    check_unique_ids,
+    first_breach,
+    id_rule,
     list_shards,
     manifest_version,
+    protein_rule,
     write_csv,
     write_parquet,
 )
@@ -117,20 +122,42 @@ def predict_file(
 
 
 def read_molecules(source: Path) -> pl.DataFrame:
-    """A parquet or CSV file of molecules to score, as BELKA-format rows (ids 0, 1, ... when it has none)."""
+    """A parquet or CSV file of molecules to score, as BELKA-format rows (ids 0, 1, ... when it has none). Every row
+    needs a protein name and, when the file has ids, a unique integer id; an empty molecule_smiles is a rejected
+    row (scored at its protein's base rate). A CSV is read as text: an empty field is a null."""
+    is_csv = source.name.lower().endswith(CSV_SUFFIXES)
     try:
-        frame = pl.read_csv(source) if source.suffix.lower() == ".csv" else pl.read_parquet(source)
+        frame = pl.read_csv(source, infer_schema=False) if is_csv else pl.read_parquet(source)
     except FileNotFoundError:
         raise InputError(f"{source}: not found") from None
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{source}: not a readable {source.suffix or 'parquet'} file ({exc})") from None
+        raise InputError(f"{source}: not a readable {'csv' if is_csv else 'parquet'} file ({exc})") from None
     for column in (SMILES, PROTEIN):
         if column not in frame.columns:
             raise InputError(
                 f"{source}: missing column {column!r} (found {', '.join(frame.columns) or 'none'})"
             )
-    ids = frame[ID] if ID in frame.columns else pl.Series(ID, range(len(frame)))
-    return molecule_rows(frame[SMILES].cast(pl.String), frame[PROTEIN].cast(pl.String), ids.cast(pl.Int64))
+    if len(frame) == 0:
+        raise InputError(f"{source}: has no rows (expected {SMILES}, {PROTEIN}[, {ID}])")
+    for column in (ID, SMILES, PROTEIN):
+        dtype = frame[column].dtype if column in frame.columns else None
+        if dtype is None or dtype == pl.String:  # a CSV's columns are text; a text id is checked row by row
+            continue
+        if column == ID and not dtype.is_integer():
+            raise InputError(f"{source}: column 'id' must be integer, found {dtype}")
+        if column != ID and not isinstance(dtype, (pl.Categorical, pl.Enum)):
+            raise InputError(f"{source}: column {column!r} must be string, found {dtype}")
+    frame = frame.with_columns(pl.col(SMILES, PROTEIN).cast(pl.String))
+    breach = first_breach(
+        iter([frame]), [id_rule(), protein_rule()] if ID in frame.columns else [protein_rule()]
+    )
+    if breach is not None:
+        raise InputError(breach.message(str(source)))
+    ids = (
+        frame[ID].cast(pl.Int64) if ID in frame.columns else pl.Series(ID, range(len(frame)), dtype=pl.Int64)
+    )
+    check_unique_ids(iter([ids.to_numpy()]), len(ids), str(source))
+    return molecule_rows(frame[SMILES], frame[PROTEIN], ids)
 
 
 def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
@@ -142,10 +169,13 @@ def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.
 
 
 def score_rows(
-    raw: pl.DataFrame, model_dir: Path, batch_rows: int, n_workers: int = 1
+    raw: pl.DataFrame, model_dir: Path, batch_rows: int, n_workers: int = 1, source: str = "input"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(``id,binds`` for every row, the rejected rows with their reason): featurized by the featurize stage's code
-    with the model's feature settings, scored by :func:`predict_file`."""
+    with the model's feature settings, scored by :func:`predict_file`. ``source`` names the rows in errors."""
+    cached_model(model_dir).check_proteins(
+        raw[PROTEIN], source
+    )  # before featurizing, naming the user's input
     spec = cached_model(model_dir).feature_spec
     options = featurize.Options(
         config=FeatureConfig.from_spec(spec), batch_rows=batch_rows, workers=n_workers, cache_dir=None
@@ -198,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.features, args.rejects, args.models, batch_rows, params.resources.engine, workers(params)
             )
         elif args.input:
-            submission, _ = score_rows(read_molecules(args.input), args.models, batch_rows, workers(params))
+            molecules = read_molecules(args.input)
+            submission, _ = score_rows(molecules, args.models, batch_rows, workers(params), str(args.input))
         else:
             raw = molecule_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
-            submission, rejected = score_rows(raw, args.models, batch_rows)
+            submission, rejected = score_rows(raw, args.models, batch_rows, source="--protein")
             if len(rejected):
                 raise InputError(f"--smiles {args.smiles!r}: {rejected['reason'][0]}")
             print(repr(float(submission["binds"][0])), file=sys.stdout)
