@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import json
 import logging
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from stages.molecules import MoleculeStore
 from stages.params import Params, parse_params
 from stages.predict import predict_file
 from tests.conftest import ROOT, SMALL_PARAMS, MiniRun, deep_update, project_env, tree_hashes
+from tests.test_artifacts import edit_json
 from tests.test_serving import predict_main
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -730,20 +730,6 @@ def test_scoring_one_smiles_for_an_unknown_protein_names_the_flag(mini_run: Mini
 # ---------------------------------------------------------------------------------------------- models directory
 
 
-@pytest.fixture
-def models(mini_run: MiniRun, tmp_path: Path) -> Path:
-    target = tmp_path / "models"
-    shutil.copytree(mini_run.models, target)
-    return target
-
-
-def edit_manifest(models: Path, change) -> None:
-    path = models / "manifest.json"
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -752,8 +738,11 @@ def edit_manifest(models: Path, change) -> None:
         (lambda m: m["features"].__setitem__("descriptors", 3), "no complete feature spec"),
     ],
 )
-def test_a_manifest_with_fields_of_another_form(models: Path, change, expected: str) -> None:
-    edit_manifest(models, change)
+def test_a_manifest_with_fields_of_another_form(
+    mini_run: MiniRun, tmp_path: Path, change, expected: str
+) -> None:
+    models = Path(shutil.copytree(mini_run.models, tmp_path / "models"))
+    edit_json(models / "manifest.json", change)
     with pytest.raises(ArtifactError, match=expected):
         load_model(models)
 
