@@ -10,7 +10,9 @@ Output (a directory, written atomically):
 - ``manifest.json``: counts and the feature spec (``chem.FeatureConfig.spec``).
 
 Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason; the stage fails only when they
-exceed ``featurize.max_reject_fraction``.
+exceed ``featurize.max_reject_fraction``. A problem of the file rather than of one row (a missing column, a null id,
+building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
+(``io.check_raw_input``); one molecule and protein labelled both 0 and 1 stops it once the rows are written.
 
 The input is streamed in batches of ``featurize.batch_rows``; memory is bounded by the batch size and the worker
 count, plus 8 bytes per unique molecule for the set of molecules already seen. Molecules computed before (by an
