@@ -18,10 +18,18 @@ from tqdm import tqdm
 log = logging.getLogger("stages")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: one summary line per stage at INFO (the default), details with ``-v``."""
-    level = logging.DEBUG if verbose else os.environ.get("BELKA_LOG_LEVEL", "INFO").upper()
+    """Log to stderr: one summary line per stage at INFO (the default), details with ``-v``. ``BELKA_LOG_LEVEL``
+    sets another level; a value that is not one is said in a warning, and INFO is used."""
+    configured = os.environ.get("BELKA_LOG_LEVEL", "INFO")
+    known = configured.upper() in LOG_LEVELS
+    level = "DEBUG" if verbose else configured.upper() if known else "INFO"
     logging.basicConfig(stream=sys.stderr, level=level, format="%(name)s: %(message)s", force=True)
+    if not known:
+        log.warning("BELKA_LOG_LEVEL=%r is not one of %s: using INFO", configured, ", ".join(LOG_LEVELS))
 
 
 def progress(what: str, total: int | None, unit: str = "rows", every: float = 5.0) -> tqdm:
@@ -42,7 +50,12 @@ def progress(what: str, total: int | None, unit: str = "rows", every: float = 5.
 
 
 def run_main(body: Callable[..., Any], *args: Any) -> int:
-    """Run a stage body; turn the errors we expect into one clear line on stderr and exit code 1."""
+    """Run a stage body; turn the errors we expect into one clear line on stderr and exit code 1. A file that
+    polars or pyarrow cannot read where no check named it (a damaged output of an earlier stage, say) still gets
+    one line; ``-v`` logs the traceback, which says where."""
+    import polars as pl
+    import pyarrow as pa
+
     from stages.io import ArtifactError, InputError
     from stages.params import ParamsError
 
@@ -53,6 +66,16 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: {exc.strerror or exc} ({exc.filename or 'no file name'})", file=sys.stderr)
+        log.debug("failed", exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+        log.debug("failed", exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"error: a data file could not be read: {type(exc).__name__}: {first_line} (-v shows where)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -26,7 +26,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages.features import spec_differences
 from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
-from stages.molecules import MoleculeStore
+from stages.molecules import MoleculeStore, spec_is_complete
 
 SCHEMA_VERSION = 3
 ENCODER, SCALER, MODEL, MANIFEST = "encoder.json", "scaler.json", "model.json", "manifest.json"
@@ -211,24 +211,29 @@ def save_model(
 
 def load_model(directory: Path) -> Model:
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{directory}: a file, where the trained model's directory is expected")
     manifest = read_json(directory / MANIFEST, "model manifest")
     _check_format(manifest, "belka-model", str(directory / MANIFEST))
     files = manifest.get("boosters")
     if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
         raise ArtifactError(f"{directory / MANIFEST}: 'boosters' must map proteins (or '*') to model files")
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict):
+        raise ArtifactError(f"{directory / MANIFEST}: 'sha256' must map each artifact to its digest")
     for name in (ENCODER, SCALER, *files.values()):
         path = directory / name
         if not path.exists():
             raise ArtifactError(f"{path}: not found (run: dvc repro train)")
-        expected = manifest.get("sha256", {}).get(name)
+        expected = digests.get(name)
         if sha256_file(path) != expected:
             raise ArtifactError(
                 f"{path}: content does not match the sha256 recorded in {directory / MANIFEST} "
                 "(altered or from another run; retrain or restore it: dvc checkout)"
             )
-    if not isinstance(manifest.get("features"), dict) or "version" not in manifest["features"]:
+    if not spec_is_complete(manifest.get("features")):
         raise ArtifactError(
-            f"{directory / MANIFEST}: no feature spec (made by an older version: dvc repro train)"
+            f"{directory / MANIFEST}: no complete feature spec (made by an older version: dvc repro train)"
         )
     encoder = encoder_from_json(read_json(directory / ENCODER, "encoder"), str(directory / ENCODER))
     descriptors = manifest["features"]["descriptors"]

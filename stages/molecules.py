@@ -42,14 +42,25 @@ def read_manifest(features_dir: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: not found (featurize first: dvc repro)") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+
+
+def spec_is_complete(spec: object) -> bool:
+    """Whether ``spec`` is a whole feature spec (``features.FeatureConfig.spec``), as this code writes it."""
+    try:
+        config = features.FeatureConfig.from_spec(spec)  # type: ignore[arg-type]
+    except (KeyError, TypeError, AttributeError):
+        return False
+    return (
+        isinstance(spec, dict) and "version" in spec and all(isinstance(d, str) for d in config.descriptors)
+    )
 
 
 def feature_spec(manifest: dict, source: Path) -> dict:
     """The spec of the features (``features.FeatureConfig.spec``) a featurize output was made with."""
-    spec = manifest.get("features")
-    if not isinstance(spec, dict) or "descriptors" not in spec or "version" not in spec:
+    spec = manifest.get("features") if isinstance(manifest, dict) else None
+    if not spec_is_complete(spec):
         raise InputError(f"{source}: manifest.json has no feature spec (made by an older version: dvc repro)")
     return spec
 
@@ -83,21 +94,38 @@ def binary_matrix(column: pl.Series, width: int) -> np.ndarray:
     return data[offsets[0] : offsets[-1]].reshape(len(array), width)
 
 
+def read_part(path: Path, schema: dict[str, pl.DataType], columns: list[str] | None = None) -> pl.DataFrame:
+    """``columns`` (default: all of ``schema``) of a molecules part, which must have ``schema``'s columns and
+    types (read from its footer first); an unreadable or foreign part raises :class:`InputError` naming it."""
+    try:
+        found = pl.read_parquet_schema(path)
+        wrong = [name for name, dtype in schema.items() if found.get(name) != dtype]
+        if wrong:
+            have = ", ".join(f"{name} {found[name]}" if name in found else f"no {name}" for name in wrong)
+            raise InputError(f"{path}: not a part of this feature spec ({have})")
+        return pl.read_parquet(path, columns=columns or list(schema))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(f"{path}: not a readable parquet part ({exc})") from None
+
+
 class PartIndex:
     """Where each key lives among parquet parts: sorted keys with their part and row, 16 bytes a key.
 
-    A part that cannot be read raises, unless ``skip_unreadable`` (then its keys are simply not indexed).
+    A part that cannot be read, or lacks a column of ``schema``, raises, unless ``skip_unreadable`` (then its keys
+    are simply not indexed).
     """
 
-    def __init__(self, paths: list[Path], skip_unreadable: bool = False) -> None:
+    def __init__(
+        self, paths: list[Path], schema: dict[str, pl.DataType], skip_unreadable: bool = False
+    ) -> None:
         keys, owners, rows = [np.empty(0, np.int64)], [np.empty(0, np.int32)], [np.empty(0, np.int32)]
         for number, path in enumerate(paths):
             try:
-                part_keys = pl.read_parquet(path, columns=[KEY])[KEY].to_numpy()
-            except Exception:
+                part_keys = read_part(path, schema, [KEY])[KEY].to_numpy()
+            except InputError as exc:
                 if not skip_unreadable:
                     raise
-                log.warning("ignoring unreadable part %s", path)
+                log.warning("ignoring %s", exc)
                 continue
             keys.append(part_keys)
             owners.append(np.full(len(part_keys), number, dtype=np.int32))
@@ -151,12 +179,20 @@ class MoleculeStore:
         self.spec = feature_spec(self.manifest, self.directory)
         self.descriptors = list(self.spec["descriptors"])
         self.n_bits = features.FingerprintConfig.from_spec(self.spec["fingerprint"]).bits
+        self.schema = molecule_schema(features.FeatureConfig.from_spec(self.spec))
         self.parts = list_shards(self.directory / "molecules")
-        self.index = PartIndex(self.parts)
+        hint = "restore it (dvc checkout) or featurize again"
+        try:
+            self.index = PartIndex(self.parts, self.schema)
+        except InputError as exc:
+            raise InputError(f"{exc}; {hint}") from None
         self.cache = PartCache(self._load, keep_parts)
 
     def _load(self, number: int) -> MoleculePart:
-        frame = pl.read_parquet(self.parts[number])
+        try:
+            frame = read_part(self.parts[number], self.schema)
+        except InputError as exc:
+            raise InputError(f"{exc}; restore it (dvc checkout) or featurize again") from None
         return MoleculePart(
             descriptors=frame.select(self.descriptors).to_numpy().astype(np.float64),
             fingerprints=binary_matrix(frame["fp"], self.n_bits // 8)
@@ -226,13 +262,28 @@ class FeatureCache:
 
     def __init__(self, directory: Path | None, schema: dict[str, pl.DataType], keep_parts: int = 4) -> None:
         self.directory = directory
+        if directory is not None:
+            existing = next((p for p in (directory, *directory.parents) if p.exists()), directory)
+            if existing.exists() and not existing.is_dir():
+                raise InputError(
+                    f"{existing}: is a file, where the feature cache's directory is expected (set by --cache, "
+                    "$BELKA_FEATURE_CACHE or resources.feature_cache)"
+                )
         self.schema = {**schema, CHECK: pl.Int64, "reason": pl.String}
         self.parts = sorted(directory.glob("part-*.parquet")) if directory and directory.is_dir() else []
-        self.index = PartIndex(self.parts, skip_unreadable=True)
-        self.cache = PartCache(
-            lambda number: pl.read_parquet(self.parts[number]).select(list(self.schema)).cast(self.schema),
-            keep_parts,
-        )
+        self.index = PartIndex(self.parts, self.schema, skip_unreadable=True)
+        self.cache = PartCache(lambda number: read_part(self.parts[number], self.schema), keep_parts)
+        self.broken: set[int] = set()  # parts that failed to load: their molecules are computed again
+
+    def _part(self, number: int) -> pl.DataFrame | None:
+        if number in self.broken:
+            return None
+        try:
+            return self.cache.get(number)
+        except InputError as exc:
+            log.warning("ignoring %s: its molecules are computed again", exc)
+            self.broken.add(number)
+            return None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -241,9 +292,14 @@ class FeatureCache:
         """Features of the cached ones among ``molecules`` (key, check) and a mask of which were cached. A cached
         entry whose check differs is another molecule with the same key: not used."""
         found, owner, row = self.index.locate(molecules[KEY].to_numpy())
-        frames = [
-            self.cache.get(int(number))[row[found & (owner == number)]] for number in np.unique(owner[found])
-        ]
+        frames = []
+        for number in np.unique(owner[found]):
+            in_part = found & (owner == number)
+            part = self._part(int(number))
+            if part is None:
+                found &= ~in_part
+            else:
+                frames.append(part[row[in_part]])
         frame = pl.concat(frames) if frames else pl.DataFrame(schema=self.schema)
         if len(frame):
             wanted = molecules.filter(pl.Series(found)).select(KEY, CHECK)

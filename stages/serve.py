@@ -23,7 +23,20 @@ import polars as pl
 from stages import featurize
 from stages.cli import run_main, setup_logging
 from stages.features import FeatureConfig
-from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, InputError, write_csv, write_parquet
+from stages.io import (
+    BB_COLUMNS,
+    CSV_SUFFIXES,
+    ID,
+    PROTEIN,
+    SMILES,
+    InputError,
+    check_unique_ids,
+    first_breach,
+    id_rule,
+    protein_rule,
+    write_csv,
+    write_parquet,
+)
 from stages.params import load_params, workers
 from stages.predict import cached_model, predict_file
 
@@ -31,20 +44,42 @@ log = logging.getLogger("stages.serve")
 
 
 def read_molecules(source: Path) -> pl.DataFrame:
-    """A parquet or CSV file of molecules to score, as BELKA-format rows (ids 0, 1, ... when it has none)."""
+    """A parquet or CSV file of molecules to score, as BELKA-format rows (ids 0, 1, ... when it has none). Every row
+    needs a protein name and, when the file has ids, a unique integer id; an empty molecule_smiles is a rejected
+    row (scored at its protein's base rate). A CSV is read as text: an empty field is a null."""
+    is_csv = source.name.lower().endswith(CSV_SUFFIXES)
     try:
-        frame = pl.read_csv(source) if source.suffix.lower() == ".csv" else pl.read_parquet(source)
+        frame = pl.read_csv(source, infer_schema=False) if is_csv else pl.read_parquet(source)
     except FileNotFoundError:
         raise InputError(f"{source}: not found") from None
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{source}: not a readable {source.suffix or 'parquet'} file ({exc})") from None
+        raise InputError(f"{source}: not a readable {'csv' if is_csv else 'parquet'} file ({exc})") from None
     for column in (SMILES, PROTEIN):
         if column not in frame.columns:
             raise InputError(
                 f"{source}: missing column {column!r} (found {', '.join(frame.columns) or 'none'})"
             )
-    ids = frame[ID] if ID in frame.columns else pl.Series(ID, range(len(frame)))
-    return molecule_rows(frame[SMILES].cast(pl.String), frame[PROTEIN].cast(pl.String), ids.cast(pl.Int64))
+    if len(frame) == 0:
+        raise InputError(f"{source}: has no rows (expected {SMILES}, {PROTEIN}[, {ID}])")
+    for column in (ID, SMILES, PROTEIN):
+        dtype = frame[column].dtype if column in frame.columns else None
+        if dtype is None or dtype == pl.String:  # a CSV's columns are text; a text id is checked row by row
+            continue
+        if column == ID and not dtype.is_integer():
+            raise InputError(f"{source}: column 'id' must be integer, found {dtype}")
+        if column != ID and not isinstance(dtype, (pl.Categorical, pl.Enum)):
+            raise InputError(f"{source}: column {column!r} must be string, found {dtype}")
+    frame = frame.with_columns(pl.col(SMILES, PROTEIN).cast(pl.String))
+    breach = first_breach(
+        iter([frame]), [id_rule(), protein_rule()] if ID in frame.columns else [protein_rule()]
+    )
+    if breach is not None:
+        raise InputError(breach.message(str(source)))
+    ids = (
+        frame[ID].cast(pl.Int64) if ID in frame.columns else pl.Series(ID, range(len(frame)), dtype=pl.Int64)
+    )
+    check_unique_ids(iter([ids.to_numpy()]), len(ids), str(source))
+    return molecule_rows(frame[SMILES], frame[PROTEIN], ids)
 
 
 def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
@@ -56,22 +91,25 @@ def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.
 
 
 def score_rows(
-    raw: pl.DataFrame, model_dir: Path, batch_rows: int, n_workers: int = 1
+    raw: pl.DataFrame, model_dir: Path, batch_rows: int, n_workers: int = 1, source: str = "input"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(``id,binds`` for every row, the rejected rows with their reason): featurized by the featurize stage's code
-    with the model's feature settings, scored by :func:`predict_file`."""
+    with the model's feature settings, scored by :func:`predict_file`. ``source`` names the rows in errors."""
+    cached_model(model_dir).check_proteins(
+        raw[PROTEIN], source
+    )  # before featurizing, naming the user's input
     spec = cached_model(model_dir).feature_spec
     options = featurize.Options(
         config=FeatureConfig.from_spec(spec), batch_rows=batch_rows, workers=n_workers, cache_dir=None
     )
     with tempfile.TemporaryDirectory(prefix="belka-score-") as tmp:
-        source, features, rejects = (
+        raw_file, features, rejects = (
             Path(tmp) / "raw.parquet",
             Path(tmp) / "features",
             Path(tmp) / "rejects.csv",
         )
-        write_parquet(raw, source)
-        featurize.featurize(source, features, rejects, options, needs_binds=False)
+        write_parquet(raw, raw_file)
+        featurize.featurize(raw_file, features, rejects, options, needs_binds=False)
         rejected = pl.read_csv(
             rejects, schema_overrides={ID: pl.Int64, PROTEIN: pl.String, SMILES: pl.String}
         )
@@ -100,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         batch_rows = params.resources.batch_rows
         if args.input:
-            submission, _ = score_rows(read_molecules(args.input), args.models, batch_rows, workers(params))
+            molecules = read_molecules(args.input)
+            submission, _ = score_rows(molecules, args.models, batch_rows, workers(params), str(args.input))
             write_csv(submission, args.output)
             log.info("wrote %d predictions to %s", len(submission), args.output)
             return
         raw = molecule_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
-        submission, rejected = score_rows(raw, args.models, batch_rows)
+        submission, rejected = score_rows(raw, args.models, batch_rows, source="--protein")
         if len(rejected):
             raise InputError(f"--smiles {args.smiles!r}: {rejected['reason'][0]}")
         print(repr(float(submission["binds"][0])), file=sys.stdout)

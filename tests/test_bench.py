@@ -85,3 +85,17 @@ def test_engines_bench_small_run(tmp_path):
     text = results.read_text()
     assert "| local | 2 |" in text and "| dask | 2 |" in text
     assert "same bytes from every engine and worker count" in text
+
+
+def test_raw_checks_bench_small_run():
+    """bench/raw_checks.py on a tiny file: every input form is measured."""
+    command = [sys.executable, "bench/raw_checks.py", "--rows", "3000", "--repeats", "1"]
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for row in (
+        "| parquet, ids increasing |",
+        "| parquet, ids shuffled |",
+        "| csv |",
+        "label check over the rows",
+    ):
+        assert row in done.stdout

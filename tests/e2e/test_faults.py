@@ -286,3 +286,54 @@ def test_read_only_output_directory(tmp_path: Path, previous) -> None:
     assert result.returncode == 1
     assert "error: Permission denied" in result.stderr and "Traceback" not in result.stderr
     assert tree_hashes(parent) == before
+
+
+# ---------------------------------------------------------------------------------------------- bad raw input
+
+
+@pytest.mark.slow
+def test_a_bad_part_in_an_input_directory_fails_dvc_repro_before_any_work(tmp_path: Path) -> None:
+    """inputs.train is a directory of parquet parts whose ids are unique but not increasing across the parts
+    (accepted at featurize.batch_rows 1000); a part appended with a null building block fails `dvc repro` with one
+    error line naming that part, the column, the first id and the count, before any molecule is featurized; nothing
+    is lost: `dvc checkout` restores the previous features, and removing the part makes the pipeline up to date."""
+    import polars as pl
+
+    repo = make_repo(tmp_path / "repo", {"inputs": {"train": "data/belka/train"}})
+    repo.repro("generate")
+    rows = pl.read_parquet(repo.path / "data/generated/train.parquet")
+    parts = repo.path / "data/belka/train"
+    parts.mkdir(parents=True)
+    half = len(rows) // 2
+    rows.slice(half).write_parquet(parts / "part-0.parquet")  # the later ids first
+    rows.head(half).write_parquet(parts / "part-1.parquet")
+    assert "featurize@train" in repo.repro("featurize@train")
+    repo.commit("features of a two-part input")
+    good_lock, good_features = repo.read("dvc.lock"), tree_hashes(repo.path / "data/features")
+    cache = repo.path / ".cache" / "features"
+    cached = sorted(cache.rglob("part-*.parquet"))
+
+    appended = rows.head(10).with_columns(
+        (pl.col("id") + len(rows)).alias("id"),
+        pl.when(pl.int_range(pl.len()) >= 7)
+        .then(None)
+        .otherwise(pl.col("buildingblock2_smiles"))
+        .alias("buildingblock2_smiles"),
+    )
+    appended.write_parquet(parts / "part-2.parquet")
+    failed = repo.dvc("repro", "featurize@train", check=False)
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: data/belka/train/part-2.parquet: column 'buildingblock2_smiles' must be a building block's SMILES "
+        f"on every row, found an empty value at id {len(rows) + 7} (3 rows in all)"
+    ], failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert repo.read("dvc.lock") == good_lock
+    assert sorted(cache.rglob("part-*.parquet")) == cached  # no molecule reached RDKit
+    assert not [p for p in (repo.path / "data/features").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+    repo.dvc("checkout", "data/features/train", "data/features/train-rejects.csv")
+    (parts / "part-2.parquet").unlink()
+    assert tree_hashes(repo.path / "data/features") == good_features
+    assert status(repo, "featurize@train").strip() == UP_TO_DATE
