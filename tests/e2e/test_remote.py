@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,14 @@ import pytest
 import yaml
 
 from tests.conftest import Repo, make_repo, project_env, ran_stages, run, tree_hashes
-from tests.test_gitlab_ci import MERGE_REQUEST, gcl, layered_venv, needs_gcl, set_gitlab_origin
+from tests.test_gitlab_ci import (
+    GITLAB_ORIGIN,
+    MERGE_REQUEST,
+    gcl,
+    layered_venv,
+    needs_gcl,
+    set_gitlab_origin,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -359,3 +367,68 @@ def test_consecutive_reproduce_jobs_featurize_only_new_molecules(s3_endpoint, tm
     output = project.path / "data" / "generated" / "train.parquet"
     if "reflink" not in link_types:  # a reflink cannot be told from a copy
         assert output.is_symlink() or os.stat(output).st_nlink > 1, link_types
+
+
+# The `upgrade_check` job: a dependency upgrade reruns everything, on reduced data.
+
+
+@needs_gcl
+def test_gitlab_ci_local_runs_upgrade_check_on_a_sample(s3_endpoint, tmp_path, belka_sample):
+    """A merge request that changes uv.lock, in a project whose inputs are real BELKA rows: upgrade_check reruns
+    the whole pipeline twice, with the default branch's lock and the merge request's, on one seeded sample of those
+    rows by molecule, and reports both runs. Here the two locks are the same, so every output is the same."""
+    outside = tmp_path / "downloads"
+    outside.mkdir()
+    shutil.copy(belka_sample, outside / "train.csv")
+    rows = pl.read_csv(belka_sample)
+    rows.head(600).drop("binds").with_columns(pl.col("id") + 10**9).write_parquet(outside / "test.parquet")
+    project = make_repo(tmp_path / "project")
+    (project.path / "data" / "belka").mkdir(parents=True)
+    for name in ("train.csv", "test.parquet"):
+        project.dvc("import-url", str(outside / name), f"data/belka/{name}")
+    project.set_params({"inputs": {"train": "data/belka/train.csv", "test": "data/belka/test.parquet"}})
+    project.commit("real inputs")
+    run_with_endpoint(project, s3_endpoint, "push", "data/belka/train.csv", "data/belka/test.parquet")
+    shutil.rmtree(project.path / ".dvc" / "cache")  # as in a fresh clone: the job pulls them from the remote
+    for name in ("train.csv", "test.parquet"):
+        (project.path / "data" / "belka" / name).unlink()
+    # origin: a bare repository the job can fetch the default branch from; gitlab-ci-local reads the project's
+    # GitLab address from the remote gcl-origin first.
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(project.path), str(tmp_path / "gitlab.git")], check=True
+    )
+    project.git("remote", "add", "origin", str(tmp_path / "gitlab.git"))
+    project.git("remote", "add", "gcl-origin", GITLAB_ORIGIN)
+    project.git("fetch", "-q", "origin")
+    project.git("symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main")
+    (project.path / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
+
+    result = gcl(
+        project.path, "--force-shell-executor", *[f"--variable={v}" for v in MERGE_REQUEST if not v.endswith("=")],
+        "--unset-variable=CI_COMMIT_BRANCH", "--no-evaluate-rule-changes", "--variable=UPGRADE_CHECK_DATA=sample",
+        "--variable=UPGRADE_SAMPLE_FRACTION=0.5", "--variable=UPGRADE_SAMPLE_SEED=3", "upgrade_check",
+        job_bin=layered_venv(tmp_path / "job-venv"), env={"AWS_ENDPOINT_URL": s3_endpoint, "BELKA_PROGRESS": "0"},
+        timeout=900,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "upgrade_check finished" in log and "FAIL" not in log, log
+
+    sample = pl.read_parquet(project.path / "upgrade-check" / "data" / "train.parquet")
+    chosen = sample["molecule_smiles"].unique()
+    assert sample.sort("id").equals(rows.filter(pl.col("molecule_smiles").is_in(chosen.implode())).sort("id"))
+    assert 0.4 * len(rows) < len(sample) < 0.6 * len(rows)
+    assert f"train: {len(sample):,} of {len(rows):,} rows of `data/belka/train.csv`" in log, log
+    featurized = re.findall(
+        r"upgrade-check/data/train.parquet: (\d+) rows, (\d+) unique molecules \((\d+) reused from the feature "
+        r"cache, (\d+) computed\)",
+        log,
+    )
+    molecules = str(len(chosen))
+    assert featurized == [(str(len(sample)), molecules, "0", molecules)] * 2, log  # both runs, from nothing
+
+    summary = (project.path / "upgrade-check" / "summary.md").read_text()
+    assert "Every output is byte-identical" in summary and "No locked version changed." in summary, summary
+    changes = re.findall(r"^\| (\w+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \|$", summary, re.M)
+    assert changes and {change for *_, change in changes} == {"0.0000"}, summary
+    assert all(f"upgrade_check > {line}" in log for line in summary.splitlines() if line), log  # logged too
+    assert project.git("status", "--porcelain", "params.yaml").stdout == ""  # the run put params.yaml back
