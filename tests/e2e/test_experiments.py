@@ -15,14 +15,11 @@ import pytest
 from stages import generate
 from stages.params import parse_params
 from tests.conftest import Repo, make_repo, project_env, run
+from tests.e2e.test_remote import featurized
 
 pytestmark = pytest.mark.slow
 
 QUEUE_TIMEOUT_S = 600
-FEATURIZED = re.compile(
-    r"(?P<source>\S+): \d+ rows, (?P<unique>\d+) unique molecules "
-    r"\((?P<reused>\d+) reused from the feature cache, (?P<computed>\d+) computed\)"
-)
 
 
 class Experiments:
@@ -54,10 +51,7 @@ class Experiments:
             self.dvc("queue", "stop", "--kill", check=False)  # nothing to stop once the worker is done
 
     def featurized(self, name: str, source: str) -> dict[str, int]:
-        log = self.dvc("queue", "logs", name).stdout
-        found = [m for m in FEATURIZED.finditer(log) if m["source"] == source]
-        assert len(found) == 1, log
-        return {key: int(found[0][key]) for key in ("unique", "reused", "computed")}
+        return featurized(self.dvc("queue", "logs", name).stdout, source)
 
 
 def generated_molecules(repo: Repo, train_molecules: int) -> tuple[set[str], set[str]]:
