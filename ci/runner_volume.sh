@@ -11,10 +11,11 @@
 # clone where the filesystem allows (reflink, then hard link, then symlink) and copied where it does not.
 set -eu
 
-volume="${RUNNER_VOLUME:?RUNNER_VOLUME is not set: the directory of the runner's persistent volume (docs/ci.md)}"
+volume="${RUNNER_VOLUME:-}"
 features="${BELKA_FEATURE_CACHE:-}"
 case "$volume" in
   /*) ;;
+  "") echo "error: RUNNER_VOLUME is not set: the directory of the runner's persistent volume (docs/ci.md)" >&2; exit 1 ;;
   *) echo "error: RUNNER_VOLUME must be an absolute path outside the clone, got '$volume'" >&2; exit 1 ;;
 esac
 
