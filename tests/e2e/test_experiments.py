@@ -1,5 +1,6 @@
-"""DVC experiments reach the feature cache: queued experiments (`dvc exp run --queue`, `dvc queue start`) run in a
-copy of the workspace, yet reuse the molecules that earlier runs featurized, through the default cache location
+"""DVC experiments reach the feature cache: queued (`dvc exp run --queue`, `dvc queue start`) and temporary
+(`dvc exp run --temp`) experiments run in a copy of the workspace, yet reuse the molecules that earlier runs
+featurized, through the default cache location
 (the user's cache directory, here ``$XDG_CACHE_HOME`` pointed at a temporary directory, never the real ~/.cache)."""
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def generated_molecules(repo: Repo, train_molecules: int) -> tuple[set[str], set
     return set(train["molecule_smiles"].to_list()), set(test["molecule_smiles"].to_list())
 
 
-def test_queued_experiments_share_the_feature_cache(tmp_path):
+def test_queued_and_temporary_experiments_share_the_feature_cache(tmp_path):
     """Two queued experiments, the second with about 10% more training molecules: the first featurizes everything
-    into the user's cache directory, the second (run after it by the one worker) computes only the new molecules."""
+    into the user's cache directory, the second (run after it by the one worker) computes only the new molecules;
+    then a temporary experiment with 10% more again computes only its own new ones."""
     repo = make_repo(tmp_path / "repo")
     repo.set_params({"resources": {"feature_cache": None}})  # the default: the user's cache directory
     repo.commit("default feature cache")
@@ -92,3 +94,17 @@ def test_queued_experiments_share_the_feature_cache(tmp_path):
     # The experiments ran in their own copies of the workspace: the cache they shared is the user's.
     assert list((home_cache / "belka-dvc" / "features").rglob("part-*.parquet"))
     assert not (repo.path / ".cache").exists()
+
+    # A temporary experiment (`dvc exp run --temp`, also in a copy of the workspace) reuses what both computed.
+    more = appended * 11 // 10
+    result = experiments.dvc("exp", "run", "--temp", f"--set-param=generate.train_molecules={more}",
+                             "featurize@train")  # fmt: skip
+    train_more, _ = generated_molecules(repo, more)
+    seen |= train
+    counts = featurized(result.stdout + result.stderr, "data/generated/train.parquet")
+    assert counts == {
+        "unique": len(train_more),
+        "reused": len(train_more & seen),
+        "computed": len(train_more - seen),
+    }
+    assert 0 < counts["computed"] <= counts["unique"] // 5, counts
