@@ -115,6 +115,7 @@ def build_body(
     base: str | None,
     plots: list[Plot] | None = None,
     images: dict[str, str] | None = None,
+    upgrade_md: str = "",
 ) -> str:
     against = f" against `{base}`" if base else ""
     parts = [
@@ -123,6 +124,8 @@ def build_body(
         section("Metrics", metrics_md, "No metric changed."),
         section("Params", params_md, "No param changed."),
     ]
+    if upgrade_md.strip():  # the upgrade_check job's summary (ci/upgrade_check.py compare), as it wrote it
+        parts.append(upgrade_md.strip() + "\n")
     plots_md = plots_section(plots or [], images or {}, plots_url)
     if plots_md:
         parts.append(plots_md)
@@ -220,11 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png-dir", help="also write the rendered PNGs here (e.g. for the job's artifacts)")
     parser.add_argument("--plots-url", help="link to the `dvc plots diff` HTML (a job artifact)")
     parser.add_argument("--base", help="the branch compared against, for the title")
+    parser.add_argument(
+        "--upgrade-check",
+        help="the upgrade_check job's summary (markdown), added to the note; skipped when the file is absent",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the note instead of posting it")
     args = parser.parse_args(argv)
 
     try:
         metrics, params = read(args.metrics), read(args.params)
+        upgrade = read(args.upgrade_check) if args.upgrade_check and Path(args.upgrade_check).exists() else ""
         plots_text = read(args.plots_json)
         try:
             plots = render_plots(json.loads(plots_text)) if plots_text.strip() else []
@@ -237,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
                     (Path(args.png_dir) / plot.filename).write_bytes(plot.png)
         if args.dry_run:
             local = {p.filename: f"![{p.filename}]({p.filename})" for p in plots if p.png is not None}
-            print(build_body(metrics, params, args.plots_url, args.base, plots, local))
+            print(build_body(metrics, params, args.plots_url, args.base, plots, local, upgrade))
             return 0
         report = Report(require_env(dict(os.environ)))
         report.mr  # noqa: B018 (a missing merge request fails before anything is uploaded)
         images = report.upload(plots)
-        action, note_id = report.post(build_body(metrics, params, args.plots_url, args.base, plots, images))
+        body = build_body(metrics, params, args.plots_url, args.base, plots, images, upgrade)
+        action, note_id = report.post(body)
     except (ReportError, OSError) as error:
         print(f"mr_report: error: {error}", file=sys.stderr)
         return 1

@@ -315,6 +315,20 @@ def test_dry_run_renders_the_plots_without_any_request(tmp_path, plots_json):
     assert (tmp_path / "png" / "roc-on-the-valid-part.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_the_upgrade_check_summary_joins_the_note_when_there_is_one(tmp_path):
+    summary = "### Dependency upgrade check\n\n| metric | before | after | change |\n|---|---:|---:|---:|\n"
+    (tmp_path / "summary.md").write_text(summary + "| score | 0.2000 | 0.2100 | 0.0100 |\n")
+    with_summary = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run",
+                          "--upgrade-check", str(tmp_path / "summary.md"))  # fmt: skip
+    assert with_summary.returncode == 0, with_summary.stderr
+    assert "### Dependency upgrade check" in with_summary.stdout
+    assert "| score | 0.2000 | 0.2100 | 0.0100 |" in with_summary.stdout
+    without = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run",
+                     "--upgrade-check", str(tmp_path / "absent.md"))  # fmt: skip
+    assert without.returncode == 0, without.stderr
+    assert "upgrade check" not in without.stdout.lower()
+
+
 def test_a_plot_that_does_not_render_is_named_in_the_note(gitlab, tmp_path, plots_json):
     fake, api_url = gitlab
     data = json.loads(plots_json)

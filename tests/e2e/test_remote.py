@@ -7,7 +7,9 @@ environment. An `endpointurl` in the config wins over AWS_ENDPOINT_URL.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,11 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import Repo, project_env, ran_stages, run, tree_hashes
-from tests.test_gitlab_ci import gcl, layered_venv, needs_gcl, set_gitlab_origin
+from tests.conftest import Repo, make_repo, project_env, ran_stages, run, tree_hashes
+from tests.test_gitlab_ci import (
+    GITLAB_ORIGIN,
+    MERGE_REQUEST,
+    gcl,
+    layered_venv,
+    needs_gcl,
+    set_gitlab_origin,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -251,3 +261,174 @@ def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endp
     assert sorted(set(ran_stages(log))) == ["evaluate", "predict", "train"], log
     assert re.search(r"\d+ files? pushed", log), log  # the new model reached the remote before the check
     assert "dvc.lock on main is not what 'dvc repro' gives" in log, log
+
+
+# Two merge requests' `reproduce` jobs on one self-hosted runner, its persistent volume a temporary directory.
+
+FEATURIZED = re.compile(
+    r"(?P<source>\S+): \d+ rows, (?P<unique>\d+) unique molecules "
+    r"\((?P<reused>\d+) reused from the feature cache, (?P<computed>\d+) computed\)"
+)
+
+
+def featurized(log: str, source: str) -> dict[str, int]:
+    """The counts of featurize's summary line for ``source`` in a job's log (exactly one such line)."""
+    found = [m for m in FEATURIZED.finditer(log) if m["source"] == source]
+    assert len(found) == 1, log
+    return {key: int(found[0][key]) for key in ("unique", "reused", "computed")}
+
+
+def molecules(path: Path) -> set[str]:
+    return set(pl.read_parquet(path, columns=["molecule_smiles"])["molecule_smiles"].to_list())
+
+
+def merge_request_reproduce(project: Path, job_bin: Path, endpoint: str, volume: Path, home_cache: Path):
+    """The `reproduce` job of a merge request pipeline, with the runner's volume at ``volume``; the user-level
+    feature cache (``XDG_CACHE_HOME``) points at ``home_cache``, which the job must not use."""
+    return gcl(
+        project, "--force-shell-executor", *[f"--variable={v}" for v in MERGE_REQUEST if not v.endswith("=")],
+        "--unset-variable=CI_COMMIT_BRANCH", f"--variable=RUNNER_VOLUME={volume}", "reproduce", job_bin=job_bin,
+        env={"AWS_ENDPOINT_URL": endpoint, "BELKA_PROGRESS": "0", "XDG_CACHE_HOME": str(home_cache)}, timeout=600,
+    )  # fmt: skip
+
+
+def clean_as_gitlab_does(repo: Repo) -> None:
+    """What a runner does to the clone before the next job: check out the new commit (forced), `git clean -ffdx`."""
+    repo.git("checkout", "-q", "-f", "HEAD")
+    repo.git("clean", "-q", "-ffdx")
+
+
+@needs_gcl
+def test_consecutive_reproduce_jobs_featurize_only_new_molecules(s3_endpoint, tmp_path):
+    """Two merge requests on one runner: the first reproduces the pipeline from nothing, the second appends about
+    10% training molecules. The clone is cleaned between the jobs as GitLab does, so whatever the second reuses
+    came from the runner's volume: only the new molecules are computed. DVC's cache is on the volume too, its
+    files linked into the clone where the filesystem allows."""
+    # This test's own remote: another test's run cache must not restore its stages.
+    bucket = "runner-volume-test"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    project = make_repo(tmp_path / "project")
+    project.set_params(
+        {"resources": {"feature_cache": None}}
+    )  # the default; the job sets BELKA_FEATURE_CACHE
+    project.dvc("remote", "modify", "storage", "url", f"s3://{bucket}/cache")
+    project.commit("the pipeline, without dvc.lock")
+    set_gitlab_origin(project.path)
+    # The merge requests' target is an empty main, so every pipeline file counts as changed (rules:changes).
+    empty_tree = project.git("hash-object", "-t", "tree", "/dev/null").stdout.strip()
+    base = project.git("commit-tree", empty_tree, "-m", "empty main").stdout.strip()
+    project.git("update-ref", "refs/remotes/origin/main", base)
+    (project.path / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
+    job_bin = layered_venv(tmp_path / "job-venv")
+    volume, home_cache = tmp_path / "runner-volume", tmp_path / "home-cache"
+
+    first = merge_request_reproduce(project.path, job_bin, s3_endpoint, volume, home_cache)
+    log = first.stdout + first.stderr
+    assert "reproduce finished" in log and "FAIL" not in log, log  # dvc.lock changed: the allowed exit 3
+    molecules_train = params_train = project.params()["generate"]["train_molecules"]
+    assert featurized(log, "data/generated/train.parquet") == {
+        "unique": molecules_train, "reused": 0, "computed": molecules_train,
+    }  # fmt: skip
+    seen = molecules(project.path / "data/generated/train.parquet")
+    seen |= molecules(project.path / "data/generated/test.parquet")
+    assert list((volume / "features").rglob("part-*.parquet")), "the feature cache is not on the volume"
+
+    project.commit("dvc.lock of the first merge request (its job's artifact)")
+    project.set_params({"generate": {"train_molecules": params_train * 11 // 10}})
+    project.commit("10% more training molecules")
+    clean_as_gitlab_does(project)
+    assert (
+        not list((project.path / "data").rglob("*.parquet"))
+        and not (project.path / ".dvc" / "cache").exists()
+    )
+
+    second = merge_request_reproduce(project.path, job_bin, s3_endpoint, volume, home_cache)
+    log = second.stdout + second.stderr
+    assert "reproduce finished" in log and "FAIL" not in log, log
+    appended = molecules(project.path / "data/generated/train.parquet")
+    counts = featurized(log, "data/generated/train.parquet")
+    assert counts == {
+        "unique": len(appended),
+        "reused": len(appended & seen),
+        "computed": len(appended - seen),
+    }
+    print("second job, featurize@train:", counts)
+    assert counts["unique"] == params_train * 11 // 10 and 0 < counts["computed"] <= counts["unique"] // 5, (
+        counts
+    )
+    assert not home_cache.exists()  # every job used the volume's feature cache, never the user's
+
+    # DVC's cache is the volume's, and the clone's outputs are links into it where the filesystem has them.
+    assert not (project.path / ".dvc" / "cache").exists()
+    assert list((volume / "dvc-cache" / "files" / "md5").rglob("*")), "DVC's cache is not on the volume"
+    link_types = re.search(r"Cache types: (.*)", project.dvc("doctor").stdout)[1]
+    # (a file output: DVC links the files of a directory output when it checks them out, not after a stage writes
+    # them, so a job's freshly written directories stay copies until the next checkout)
+    output = project.path / "data" / "generated" / "train.parquet"
+    if "reflink" not in link_types:  # a reflink cannot be told from a copy
+        assert output.is_symlink() or os.stat(output).st_nlink > 1, link_types
+
+
+# The `upgrade_check` job: a dependency upgrade reruns everything, on reduced data.
+
+
+@needs_gcl
+def test_gitlab_ci_local_runs_upgrade_check_on_a_sample(s3_endpoint, tmp_path, belka_sample):
+    """A merge request that changes uv.lock, in a project whose inputs are real BELKA rows: upgrade_check reruns
+    the whole pipeline twice, with the default branch's lock and the merge request's, on one seeded sample of those
+    rows by molecule, and reports both runs. Here the two locks are the same, so every output is the same."""
+    outside = tmp_path / "downloads"
+    outside.mkdir()
+    shutil.copy(belka_sample, outside / "train.csv")
+    rows = pl.read_csv(belka_sample)
+    rows.head(600).drop("binds").with_columns(pl.col("id") + 10**9).write_parquet(outside / "test.parquet")
+    project = make_repo(tmp_path / "project")
+    (project.path / "data" / "belka").mkdir(parents=True)
+    for name in ("train.csv", "test.parquet"):
+        project.dvc("import-url", str(outside / name), f"data/belka/{name}")
+    project.set_params({"inputs": {"train": "data/belka/train.csv", "test": "data/belka/test.parquet"}})
+    project.commit("real inputs")
+    run_with_endpoint(project, s3_endpoint, "push", "data/belka/train.csv", "data/belka/test.parquet")
+    shutil.rmtree(project.path / ".dvc" / "cache")  # as in a fresh clone: the job pulls them from the remote
+    for name in ("train.csv", "test.parquet"):
+        (project.path / "data" / "belka" / name).unlink()
+    # origin: a bare repository the job can fetch the default branch from; gitlab-ci-local reads the project's
+    # GitLab address from the remote gcl-origin first.
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(project.path), str(tmp_path / "gitlab.git")], check=True
+    )
+    project.git("remote", "add", "origin", str(tmp_path / "gitlab.git"))
+    project.git("remote", "add", "gcl-origin", GITLAB_ORIGIN)
+    project.git("fetch", "-q", "origin")
+    project.git("symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main")
+    (project.path / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
+
+    result = gcl(
+        project.path, "--force-shell-executor", *[f"--variable={v}" for v in MERGE_REQUEST if not v.endswith("=")],
+        "--unset-variable=CI_COMMIT_BRANCH", "--no-evaluate-rule-changes", "--variable=UPGRADE_CHECK_DATA=sample",
+        "--variable=UPGRADE_SAMPLE_FRACTION=0.5", "--variable=UPGRADE_SAMPLE_SEED=3", "upgrade_check",
+        job_bin=layered_venv(tmp_path / "job-venv"), env={"AWS_ENDPOINT_URL": s3_endpoint, "BELKA_PROGRESS": "0"},
+        timeout=900,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "upgrade_check finished" in log and "FAIL" not in log, log
+
+    sample = pl.read_parquet(project.path / "upgrade-check" / "data" / "train.parquet")
+    chosen = sample["molecule_smiles"].unique()
+    assert sample.sort("id").equals(rows.filter(pl.col("molecule_smiles").is_in(chosen.implode())).sort("id"))
+    assert 0.4 * len(rows) < len(sample) < 0.6 * len(rows)
+    assert f"train: {len(sample):,} of {len(rows):,} rows of `data/belka/train.csv`" in log, log
+    featurized = re.findall(
+        r"upgrade-check/data/train.parquet: (\d+) rows, (\d+) unique molecules \((\d+) reused from the feature "
+        r"cache, (\d+) computed\)",
+        log,
+    )
+    molecules = str(len(chosen))
+    assert featurized == [(str(len(sample)), molecules, "0", molecules)] * 2, log  # both runs, from nothing
+
+    summary = (project.path / "upgrade-check" / "summary.md").read_text()
+    assert "Every output is byte-identical" in summary and "No locked version changed." in summary, summary
+    changes = re.findall(r"^\| (\w+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \|$", summary, re.M)
+    assert changes and {change for *_, change in changes} == {"0.0000"}, summary
+    assert all(f"upgrade_check > {line}" in log for line in summary.splitlines() if line), log  # logged too
+    assert project.git("status", "--porcelain", "params.yaml").stdout == ""  # the run put params.yaml back
