@@ -108,6 +108,62 @@ def plots_section(plots: list[Plot], images: dict[str, str], plots_url: str | No
     return "\n".join(lines)
 
 
+@dataclass
+class Evaluation:
+    """One revision's evaluate outputs: the figures (metrics/evaluate.json) and the summary with the bootstrap
+    intervals and the pairs with few positives (metrics/evaluate-summary.json)."""
+
+    metrics: dict
+    summary: dict
+
+    @classmethod
+    def read(cls, metrics_path: str | None, summary_path: str | None) -> Evaluation | None:
+        if not (
+            metrics_path and summary_path and Path(metrics_path).exists() and Path(summary_path).exists()
+        ):
+            return None
+        try:
+            return cls(json.loads(Path(metrics_path).read_text()), json.loads(Path(summary_path).read_text()))
+        except json.JSONDecodeError as error:
+            raise ReportError(f"{metrics_path} or {summary_path} is not evaluate's JSON: {error}") from None
+
+    def figure(self, name: str) -> str:
+        value = self.metrics.get(name)
+        interval = self.summary.get("bootstrap", {}).get(name)
+        if value is None:
+            return "-"
+        return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else f"{value:.4f}"
+
+
+def uncertainty_section(
+    head: Evaluation | None, base: Evaluation | None, base_name: str | None
+) -> str | None:
+    """Score, share and non_share with their bootstrap 95% intervals, on this branch and the target, whether the
+    change is inside this branch's interval, and the pairs with too few positives to trust."""
+    if head is None:
+        return None
+    target = f"`{base_name}`" if base_name else "target"
+    lines = [
+        "### Score with 95% bootstrap intervals\n",
+        f"| | this branch | {target} | change |",
+        "|---|---|---|---|",
+    ]
+    for name in ("score", "share", "non_share"):
+        change = ""
+        if base is not None and name in head.metrics and name in base.metrics:
+            delta = head.metrics[name] - base.metrics[name]
+            low, high = head.summary.get("bootstrap", {}).get(name, [None, None])
+            inside = low is not None and low <= base.metrics[name] <= high
+            change = f"{delta:+.4f}" + (" (inside the interval: not distinguishable)" if inside else "")
+        lines.append(f"| {name} | {head.figure(name)} | {base.figure(name) if base else '-'} | {change} |")
+    few = head.summary.get("pairs_with_few_positives") or []
+    if few:
+        pairs = head.summary.get("pairs", {})
+        named = ", ".join(f"{pair} ({pairs.get(pair, {}).get('positives', '?')})" for pair in few)
+        lines.append(f"\nPairs with too few positives for a stable AP (positives): {named}.")
+    return "\n".join(lines) + "\n"
+
+
 def build_body(
     metrics_md: str,
     params_md: str,
@@ -116,14 +172,17 @@ def build_body(
     plots: list[Plot] | None = None,
     images: dict[str, str] | None = None,
     upgrade_md: str = "",
+    uncertainty_md: str | None = None,
 ) -> str:
     against = f" against `{base}`" if base else ""
     parts = [
         MARKER,
         f"## DVC report{against}\n",
         section("Metrics", metrics_md, "No metric changed."),
-        section("Params", params_md, "No param changed."),
     ]
+    if uncertainty_md:
+        parts.append(uncertainty_md)
+    parts.append(section("Params", params_md, "No param changed."))
     if upgrade_md.strip():  # the upgrade_check job's summary (ci/upgrade_check.py compare), as it wrote it
         parts.append(upgrade_md.strip() + "\n")
     plots_md = plots_section(plots or [], images or {}, plots_url)
@@ -227,12 +286,21 @@ def main(argv: list[str] | None = None) -> int:
         "--upgrade-check",
         help="the upgrade_check job's summary (markdown), added to the note; skipped when the file is absent",
     )
+    parser.add_argument("--evaluate", nargs=2, metavar=("METRICS", "SUMMARY"),
+                        help="this branch's metrics/evaluate.json and metrics/evaluate-summary.json")  # fmt: skip
+    parser.add_argument("--base-evaluate", nargs=2, metavar=("METRICS", "SUMMARY"),
+                        help="the same two files of the target branch (skipped when absent)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the note instead of posting it")
     args = parser.parse_args(argv)
 
     try:
         metrics, params = read(args.metrics), read(args.params)
         upgrade = read(args.upgrade_check) if args.upgrade_check and Path(args.upgrade_check).exists() else ""
+        uncertainty = uncertainty_section(
+            Evaluation.read(*(args.evaluate or (None, None))),
+            Evaluation.read(*(args.base_evaluate or (None, None))),
+            args.base,
+        )
         plots_text = read(args.plots_json)
         try:
             plots = render_plots(json.loads(plots_text)) if plots_text.strip() else []
@@ -245,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
                     (Path(args.png_dir) / plot.filename).write_bytes(plot.png)
         if args.dry_run:
             local = {p.filename: f"![{p.filename}]({p.filename})" for p in plots if p.png is not None}
-            print(build_body(metrics, params, args.plots_url, args.base, plots, local, upgrade))
+            print(build_body(metrics, params, args.plots_url, args.base, plots, local, upgrade, uncertainty))
             return 0
         report = Report(require_env(dict(os.environ)))
         report.mr  # noqa: B018 (a missing merge request fails before anything is uploaded)
         images = report.upload(plots)
-        body = build_body(metrics, params, args.plots_url, args.base, plots, images, upgrade)
+        body = build_body(metrics, params, args.plots_url, args.base, plots, images, upgrade, uncertainty)
         action, note_id = report.post(body)
     except (ReportError, OSError) as error:
         print(f"mr_report: error: {error}", file=sys.stderr)

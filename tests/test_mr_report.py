@@ -355,3 +355,28 @@ def test_missing_merge_request_is_a_clear_error(gitlab, tmp_path, plots_json):
     assert "merge request !8" in result.stderr and "HTTP 404" in result.stderr
     assert "Traceback" not in result.stderr
     assert fake.uploads == []  # nothing uploaded for a merge request that is not there
+
+
+def test_the_note_gives_the_scores_intervals_and_flags_pairs_with_few_positives(tmp_path):
+    def write(name: str, score: float, interval: list[float], few: list[str]) -> list[str]:
+        metrics = {"score": score, "share": 0.3, "non_share": 0.1}
+        summary = {
+            "bootstrap": {"score": interval, "share": [0.25, 0.35], "non_share": [0.05, 0.2]},
+            "pairs_with_few_positives": few,
+            "pairs": {"BRD4/non_share": {"positives": 4}},
+        }
+        (tmp_path / f"{name}-metrics.json").write_text(json.dumps(metrics))
+        (tmp_path / f"{name}-summary.json").write_text(json.dumps(summary))
+        return [str(tmp_path / f"{name}-metrics.json"), str(tmp_path / f"{name}-summary.json")]
+
+    head = write("head", 0.21, [0.17, 0.25], ["BRD4/non_share"])
+    base = write("base", 0.19, [0.15, 0.23], [])
+    result = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run", "--base", "main",
+                    "--evaluate", *head, "--base-evaluate", *base)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "| score | 0.2100 [0.1700, 0.2500] | 0.1900 [0.1500, 0.2300] | +0.0200 (inside the interval" in out
+    assert "Pairs with too few positives for a stable AP (positives): BRD4/non_share (4)." in out
+    missing_base = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run",
+                          "--evaluate", *head, "--base-evaluate", "absent.json", "absent-summary.json")  # fmt: skip
+    assert "| score | 0.2100 [0.1700, 0.2500] | - |  |" in missing_base.stdout
