@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages.io import list_shards
+from stages.io import InputError, list_shards
 
 KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")
@@ -35,15 +35,31 @@ def in_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return find_sorted(values, sorted_keys)[0]
 
 
+def read_rows(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """One rows shard; a damaged or foreign one is an error naming it (restore it, or rerun the stage)."""
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable rows shard ({reason}); dvc checkout or dvc repro") from None
+
+
 def iter_row_batches(
     rows_dir: Path, batch_rows: int, columns: list[str] | None = None
 ) -> Iterator[pl.DataFrame]:
     """Rows from the shards of ``rows_dir`` in order, in batches of at most ``batch_rows``."""
     for path in list_shards(rows_dir):
-        frame = pl.read_parquet(path, columns=columns)
+        frame = read_rows(path, columns)
         for start in range(0, len(frame), batch_rows):
             yield frame.slice(start, batch_rows)
 
 
 def count_rows(rows_dir: Path) -> int:
-    return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in list_shards(rows_dir))
+    """Rows in the shards of ``rows_dir``, from their footers."""
+    total = 0
+    for path in list_shards(rows_dir):
+        try:
+            total += pl.scan_parquet(path).select(pl.len()).collect().item()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise InputError(f"{path}: not a readable rows shard ({str(exc).splitlines()[0]})") from None
+    return total

@@ -141,7 +141,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        old = _tmp_name(
+            path
+        )  # the previous output, for a moment: a killed writer's is removed like a temporary
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)

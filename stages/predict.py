@@ -23,7 +23,7 @@ import polars as pl
 
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import count_rows
+from stages.dataset import count_rows, read_rows
 from stages.io import (
     ID,
     PROTEIN,
@@ -61,7 +61,7 @@ def score_shard(shard: Path, features_dir: Path, model_dir: Path, batch_rows: in
     """``id,binds`` for the rows of one featurized shard: a pure function of files, so it runs the same in this
     process or on a Dask worker (which then needs the features and the model on a shared filesystem)."""
     model, store = cached_model(model_dir), cached_store(features_dir)
-    rows = pl.read_parquet(shard, columns=[ID, "molecule_key", PROTEIN])
+    rows = read_rows(shard, [ID, "molecule_key", PROTEIN])
     model.check_proteins(rows[PROTEIN], str(shard))
     parts = [
         pl.DataFrame({ID: batch[ID], "binds": model.predict(batch, store)})

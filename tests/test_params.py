@@ -250,3 +250,12 @@ def test_the_feature_cache_is_the_users_unless_set(monkeypatch, tmp_path) -> Non
     assert feature_cache_dir(configured) == tmp_path / "home" / "belka" / "cache"
     monkeypatch.setenv("BELKA_FEATURE_CACHE", "/runner/volume/features")  # the environment wins: CI, hosts
     assert feature_cache_dir(configured) == Path("/runner/volume/features")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path) -> None:
+    text = (ROOT / "params.yaml").read_text().replace("  max_depth: 6\n", "  max_depth: 6\n  max_depth: 8\n")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(tmp_path / "params.yaml")
+    line = text.splitlines().index("  max_depth: 8") + 1
+    assert f"key 'max_depth' appears twice (lines {line - 1} and {line})" in str(info.value)

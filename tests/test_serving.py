@@ -127,3 +127,12 @@ def test_a_csv_without_ids_gets_one_row_per_input_row(mini_run: MiniRun, tmp_pat
 def test_scoring_bad_input_is_one_clear_error(mini_run: MiniRun, args: list[str], message: str, capsys):
     result = predict_main(capsys, "--models", str(mini_run.models), *args)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_damaged_rows_shard_is_one_error_naming_it(mini_run: MiniRun, tmp_path: Path):
+    features = tmp_path / "features"
+    shutil.copytree(mini_run.test_features, features)
+    shard = sorted((features / "rows").glob("part-*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(InputError, match=rf"{shard}: not a readable rows shard"):
+        predict_file(features, None, mini_run.models, 1000)
