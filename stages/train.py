@@ -14,10 +14,11 @@ dvclive logs the per-iteration training and validation curves to ``metrics/train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import operator
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,29 +226,175 @@ def fit_local(
 
 # ---------------------------------------------------------------------------------------------- distributed
 
+TRAIN_EVENTS = "belka-train"  # Dask event topic: each rank's partitions as it reads them, rank 0's rounds
 
-def partitions(rows_dir: Path, batch_rows: int, rate: float, seed: int) -> list[tuple[Path, int, int, int]]:
-    """(shard, start, stop, rows kept by sampling) for each batch of ``rows_dir``, in the order the local DataIter
-    reads them: the same batches become the Dask partitions."""
+
+@dataclass(frozen=True)
+class RowSelection:
+    """The rows of the split a model trains on: every protein's, or only ``protein``'s; negatives kept at ``rate``
+    (seeded by each row's id, see :func:`sample_rows`). The client plans partitions and the workers read them
+    with the same selection."""
+
+    rate: float
+    seed: int
+    protein: str | None = None
+
+    def apply(self, rows: pl.DataFrame) -> pl.DataFrame:
+        if self.protein is not None:
+            rows = rows.filter(pl.col(PROTEIN) == self.protein)
+        return sample_rows(rows, self.rate, self.seed)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Rows ``start:stop`` of one shard of the split (a batch of ``train.batch_rows``), ``rows`` of them selected."""
+
+    shard: Path
+    start: int
+    stop: int
+    rows: int
+
+
+def partitions(rows_dir: Path, batch_rows: int, selection: RowSelection) -> list[Partition]:
+    """The batches of ``rows_dir`` that hold selected rows, in the order the local DataIter reads them."""
     out = []
     for shard in list_shards(rows_dir):
-        rows = pl.read_parquet(shard, columns=[ID, BINDS])
+        rows = pl.read_parquet(shard, columns=[ID, PROTEIN, BINDS])
         for start in range(0, len(rows), batch_rows):
-            kept = len(sample_rows(rows.slice(start, batch_rows), rate, seed))
+            kept = len(selection.apply(rows.slice(start, batch_rows)))
             if kept:
-                out.append((shard, start, min(start + batch_rows, len(rows)), kept))
+                out.append(Partition(shard.resolve(), start, min(start + batch_rows, len(rows)), kept))
     return out
 
 
-def partition_arrays(
-    shard: Path, start: int, stop: int, features_dir: Path, encoder, scaler, rate: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The design matrix, labels and weights of one partition: runs on a Dask worker (which reads the split and
-    the features from a filesystem it shares with the client)."""
-    store = cached_store(features_dir)
-    rows = sample_rows(pl.read_parquet(shard).slice(start, stop - start), rate, seed)
-    matrix = design_matrix(rows, store, encoder, scaler)
-    return matrix, rows[BINDS].to_numpy().astype(np.float32), rows["weight"].to_numpy()
+def partition_rows(partition: Partition, selection: RowSelection) -> pl.DataFrame:
+    """The selected rows of one partition, with their weights (read by the worker that trains on them)."""
+    rows = pl.read_parquet(partition.shard).slice(partition.start, partition.stop - partition.start)
+    return selection.apply(rows)
+
+
+def share_out(parts: list[Partition], n_ranks: int) -> list[tuple[Partition, ...]]:
+    """Contiguous runs of the partitions, in order, one per rank: partition i goes to rank i * n_ranks // len(parts)
+    (a rank gets none when there are fewer partitions than ranks)."""
+    return [
+        tuple(p for i, p in enumerate(parts) if i * n_ranks // len(parts) == rank) for rank in range(n_ranks)
+    ]
+
+
+@dataclass(frozen=True)
+class RankWork:
+    """One rank's share of distributed training, described by paths and params only: whichever worker runs it (the
+    first one, or another after a loss) builds the same matrices, so the model depends on the params alone."""
+
+    rank: int
+    train: tuple[Partition, ...]
+    valid: tuple[Partition, ...]
+    features_dir: Path
+    selection: RowSelection
+    encoder: OneHotEncoder
+    scaler: StandardScaler
+    booster_params: dict
+    n_rounds: int
+    max_bin: int
+    n_features: int
+
+
+@dataclass
+class RankResult:
+    booster: xgb.Booster | None  # rank 0's; every rank ends with the same model
+    history: dict
+    rows: int
+
+
+class RoundEvents(xgb.callback.TrainingCallback):
+    """Reports each boosting round of rank 0 to the scheduler (the client's progress bar follows it)."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__()
+        self.run = run
+
+    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+        engine.report(TRAIN_EVENTS, run=self.run, rank=0, round=epoch + 1)
+        return False
+
+
+def rank_matrix(
+    work: RankWork, side: str, store: MoleculeStore, run: str, ref: xgb.QuantileDMatrix | None = None
+) -> xgb.QuantileDMatrix:
+    """The rank's quantile matrix of one side, streamed partition by partition; empty for a rank without
+    partitions (it still takes part in every collective operation)."""
+    parts = getattr(work, side)
+    nthread = work.booster_params["n_jobs"]
+    if not parts:
+        empty = np.empty((0, work.n_features), dtype=np.float32)
+        return xgb.QuantileDMatrix(empty, label=empty[:, 0], max_bin=work.max_bin, ref=ref, nthread=nthread)
+
+    def batches():
+        for number, partition in enumerate(parts):
+            engine.report(TRAIN_EVENTS, run=run, rank=work.rank, side=side, partition=number)
+            yield partition_rows(partition, work.selection)
+
+    rows = RowBatches(batches, store, work.encoder, work.scaler)
+    return xgb.QuantileDMatrix(rows, max_bin=work.max_bin, ref=ref, nthread=nthread)
+
+
+def train_rank(work: RankWork, collective: dict, run: str) -> RankResult:
+    """Runs on a Dask worker: joins XGBoost's collective as rank ``work.rank`` (the tracker sorts ranks by task
+    id), builds the rank's matrices and trains; the quantile sketches and histograms are summed across ranks.
+    ``run`` names the attempt in the progress events."""
+    with xgb.collective.CommunicatorContext(**collective, dmlc_task_id=f"{work.rank:06d}"):
+        store = cached_store(work.features_dir)
+        dtrain = rank_matrix(work, "train", store, run)
+        dvalid = rank_matrix(work, "valid", store, run, ref=dtrain)
+        history: dict = {}
+        booster = xgb.train(
+            work.booster_params,
+            dtrain,
+            num_boost_round=work.n_rounds,
+            evals=[(dtrain, "train"), (dvalid, "valid")],
+            evals_result=history,
+            verbose_eval=False,
+            callbacks=[RoundEvents(run)] if work.rank == 0 else None,
+        )
+    return RankResult(booster if work.rank == 0 else None, history, dtrain.num_row())
+
+
+@contextlib.contextmanager
+def rabit_tracker(client, n_ranks: int) -> Iterator[dict]:
+    """XGBoost's tracker in this process, on the address through which this machine reaches the scheduler (the
+    workers reach it the same way); yields the ranks' collective arguments."""
+    from distributed.comm import get_address_host
+    from distributed.utils import get_ip
+
+    host = get_ip(get_address_host(client.scheduler.address))
+    tracker = xgb.tracker.RabitTracker(n_workers=n_ranks, host_ip=host, port=0, sortby="task")
+    tracker.start()
+    try:
+        yield tracker.worker_args()
+    finally:
+        try:
+            tracker.free()  # waits for the tracker's thread; fails with its error when the ranks failed
+        except xgb.core.XGBoostError as exc:
+            log.debug("the collective's tracker ended with: %s", exc)
+
+
+class RoundsProgress:
+    """The progress bar of distributed training: the rounds rank 0 reports (pushed by the scheduler as they
+    happen) in the current attempt."""
+
+    def __init__(self, client, n_rounds: int) -> None:
+        self.client, self.run = client, ""
+        self.bar = progress("train", n_rounds, unit="rounds", every=10.0)
+        client.subscribe_topic(TRAIN_EVENTS, self.event)
+
+    def event(self, event: tuple[float, dict]) -> None:
+        message = event[1]
+        if message.get("run") == self.run and "round" in message:
+            self.bar.update(message["round"] - self.bar.n)
+
+    def close(self) -> None:
+        self.client.unsubscribe_topic(TRAIN_EVENTS)
+        self.bar.close()
 
 
 def fit_distributed(
@@ -258,67 +405,85 @@ def fit_distributed(
     encoder,
     scaler,
     store: MoleculeStore,
+    selection: RowSelection | None = None,
 ) -> Fitted:
-    """``xgboost.dask`` on ``train.distributed_workers`` workers (the cluster at $DASK_SCHEDULER_ADDRESS, which
-    must have exactly that many, or a LocalCluster of them): each batch of the split is a partition whose design
-    matrix is built on a worker. The model depends on the workers and partitions, so both are fixed by params."""
-    import dask
-    import dask.array as da
-    from xgboost import dask as dxgb
+    """XGBoost's collective over ``train.distributed_workers`` ranks, each a task pinned to its own worker of the
+    Dask cluster (at $DASK_SCHEDULER_ADDRESS, which needs at least that many workers, or a LocalCluster of them).
+    Each batch of the split is a partition; rank r reads the r-th contiguous run of them from the shared
+    filesystem, so the model depends on the params alone, not on the workers, the timing or Dask's scheduling.
 
+    ``selection`` picks the rows (default: every protein's, sampled by ``train.negative_sample_rate``). A lost
+    worker (killed, crashed, restarted by its nanny) cancels the attempt: once the cluster has enough workers
+    again (waiting up to ``resources.worker_wait`` s), training starts over and gives the same model; after Dask's
+    ``distributed.scheduler.allowed-failures`` losses, or without workers, one ClusterError names what was lost."""
     settings = params.train
-    n_features = len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits
-    with engine.dask_client(settings.distributed_workers) as client:
-        found = len(client.scheduler_info()["workers"])
-        if found != settings.distributed_workers:
-            raise InputError(
-                f"train.distributed_workers={settings.distributed_workers}, but the Dask cluster at "
-                f"{client.scheduler.address} has {found} workers: the model depends on the worker count, so they "
-                "must match"
-            )
-
-        # Each partition is built on a fixed worker: contiguous runs of partitions, in order, over the workers
-        # sorted by address. The workers' data, and so the model, then depend only on the params.
-        addresses = sorted(client.scheduler_info()["workers"])
-        build = engine.importable(partition_arrays)
-
-        def arrays(side: str) -> tuple:
-            parts = partitions(
-                split_dir / side, settings.batch_rows, settings.negative_sample_rate, settings.seed
-            )
-            if not parts:
-                raise InputError(f"{split_dir / side}: no rows to train on")
-            columns: list[list] = [[], [], []]
-            for number, (shard, start, stop, kept) in enumerate(parts):
-                pin = {
-                    "workers": [addresses[number * len(addresses) // len(parts)]],
-                    "allow_other_workers": False,
-                }
-                part = client.submit(
-                    build, shard.resolve(), start, stop, features_dir.resolve(), encoder, scaler,
-                    settings.negative_sample_rate, settings.seed, pure=False, **pin,
-                )  # fmt: skip
-                shapes = ((kept, n_features), (kept,), (kept,))
-                for k, shape in enumerate(shapes):
-                    piece = client.submit(operator.getitem, part, k, pure=False, **pin)
-                    columns[k].append(da.from_delayed(dask.delayed(piece), shape=shape, dtype=np.float32))
-            return tuple(da.concatenate(c) for c in columns)
-
-        x, y, w = arrays("train")
-        dtrain = dxgb.DaskQuantileDMatrix(client, x, y, weight=w, max_bin=params.xgb.max_bin)
-        vx, vy, vw = arrays("valid")
-        dvalid = dxgb.DaskQuantileDMatrix(client, vx, vy, weight=vw, max_bin=params.xgb.max_bin, ref=dtrain)
-        output = dxgb.train(
-            client,
-            booster_params,
-            dtrain,
-            num_boost_round=params.xgb.n_estimators,
-            evals=[(dtrain, "train"), (dvalid, "valid")],
-            verbose_eval=False,
+    selection = selection or RowSelection(settings.negative_sample_rate, settings.seed)
+    n_ranks = settings.distributed_workers
+    train_parts = partitions(split_dir / "train", settings.batch_rows, selection)
+    if not train_parts:
+        raise InputError(f"{split_dir / 'train'}: no rows to train on")
+    valid_parts = partitions(split_dir / "valid", settings.batch_rows, selection)
+    works = [
+        RankWork(rank, train, valid, features_dir.resolve(), selection, encoder, scaler, booster_params,
+                 params.xgb.n_estimators, params.xgb.max_bin,
+                 len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits)
+        for rank, (train, valid) in enumerate(
+            zip(share_out(train_parts, n_ranks), share_out(valid_parts, n_ranks), strict=True)
         )
-        return Fitted(
-            output["booster"], output["history"], int(x.shape[0]), n_features, "DaskQuantileDMatrix"
-        )
+    ]  # fmt: skip
+    with engine.dask_client(n_ranks) as client:
+        results = run_ranks(client, works, params.resources.worker_wait)
+    first = results[0]
+    return Fitted(
+        first.booster,
+        first.history,
+        sum(r.rows for r in results),
+        works[0].n_features,
+        "collective QuantileDMatrix",
+    )
+
+
+def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
+    """Every rank's :func:`train_rank` at once, one per worker; started over on the workers then present when one
+    is lost (at most ``distributed.scheduler.allowed-failures`` times, Dask's own limit for a task whose workers
+    die); a :class:`engine.ClusterError` when that is spent or the cluster lacks workers for ``wait`` s."""
+    import dask
+
+    attempts = 1 + int(dask.config.get("distributed.scheduler.allowed-failures"))
+    rounds = RoundsProgress(client, works[0].n_rounds)
+    lost: list[str] = []
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                workers = engine.wait_for_workers(client, len(works), wait)
+            except engine.ClusterError as exc:
+                after = (
+                    f"lost Dask worker(s) {', '.join(lost)} during distributed training, and " if lost else ""
+                )
+                raise engine.ClusterError(
+                    f"train: {after}{exc} (train.distributed_workers); no model written"
+                ) from None
+            rounds.run = f"{uuid.uuid4().hex}-{attempt}"
+            try:
+                with rabit_tracker(client, len(works)) as collective:
+                    calls = [(work, collective, rounds.run) for work in works]
+                    return engine.run_pinned(client, train_rank, calls, workers)
+            except engine.WorkerLost as exc:
+                lost += exc.addresses
+                log.warning(
+                    "lost Dask worker(s) %s (attempt %d of %d): training starts over", exc, attempt, attempts
+                )
+            except xgb.core.XGBoostError as exc:
+                raise engine.ClusterError(
+                    f"train: distributed training failed on the Dask cluster: {str(exc).splitlines()[0]}; "
+                    "no model written"
+                ) from None
+    finally:
+        rounds.close()
+    raise engine.ClusterError(
+        f"train: lost Dask worker(s) {', '.join(lost)}, one in each of {attempts} attempts of distributed training "
+        "(distributed.scheduler.allowed-failures + 1); no model written"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
