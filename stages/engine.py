@@ -237,14 +237,12 @@ class LazyProcessPool(Executor):
 
 
 @contextlib.contextmanager
-def executor(
-    engine: str, n_workers: int, worker_wait: float = DEFAULT_WORKER_WAIT
-) -> Iterator[Executor | None]:
+def executor(engine: str, n_workers: int, worker_wait: float | None = None) -> Iterator[Executor | None]:
     """A ``concurrent.futures.Executor`` for the engine; ``None`` for the local engine with one worker (work then
-    runs in-process). ``worker_wait``: see :class:`ClusterWatch`."""
+    runs in-process). ``worker_wait``: see :class:`ClusterWatch` (default ``DEFAULT_WORKER_WAIT``)."""
     if engine == "dask":
         with dask_client(n_workers) as client:
-            pool = DaskExecutor(client, worker_wait)
+            pool = DaskExecutor(client, worker_wait or DEFAULT_WORKER_WAIT)
             try:
                 yield pool
             finally:

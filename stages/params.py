@@ -173,9 +173,8 @@ class Resources(Section):
     threads: int = Field(default=0, ge=0, le=1024)
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
     feature_cache: str | None = Field(default=None, min_length=1)
-    worker_wait: float = Field(
-        default=60.0, gt=0.0, le=86_400.0
-    )  # seconds a Dask run waits for missing workers
+    # seconds a Dask run waits for the workers it lacks before failing (at the start, after losing one)
+    worker_wait: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
 
 FEATURE_CACHE_VARIABLE = "BELKA_FEATURE_CACHE"

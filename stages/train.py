@@ -360,13 +360,9 @@ def train_rank(work: RankWork, collective: dict, run: str) -> RankResult:
 
 
 @contextlib.contextmanager
-def rabit_tracker(client, n_ranks: int) -> Iterator[dict]:
-    """XGBoost's tracker in this process, on the address through which this machine reaches the scheduler (the
-    workers reach it the same way); yields the ranks' collective arguments."""
-    from distributed.comm import get_address_host
-    from distributed.utils import get_ip
-
-    host = get_ip(get_address_host(client.scheduler.address))
+def rabit_tracker(host: str, n_ranks: int) -> Iterator[dict]:
+    """XGBoost's tracker, in this process on ``host`` (an address every rank's worker reaches); yields the ranks'
+    collective arguments."""
     tracker = xgb.tracker.RabitTracker(n_workers=n_ranks, host_ip=host, port=0, sortby="task")
     tracker.start()
     try:
@@ -376,6 +372,14 @@ def rabit_tracker(client, n_ranks: int) -> Iterator[dict]:
             tracker.free()  # waits for the tracker's thread; fails with its error when the ranks failed
         except xgb.core.XGBoostError as exc:
             log.debug("the collective's tracker ended with: %s", exc)
+
+
+def tracker_host(client) -> str:
+    """The address through which this machine reaches the scheduler: the workers reach this machine by it."""
+    from distributed.comm import get_address_host
+    from distributed.utils import get_ip
+
+    return get_ip(get_address_host(client.scheduler.address))
 
 
 class RoundsProgress:
@@ -416,6 +420,29 @@ def fit_distributed(
     worker (killed, crashed, restarted by its nanny) cancels the attempt: once the cluster has enough workers
     again (waiting up to ``resources.worker_wait`` s), training starts over and gives the same model; after Dask's
     ``distributed.scheduler.allowed-failures`` losses, or without workers, one ClusterError names what was lost."""
+    works = plan_ranks(params, booster_params, split_dir, features_dir, encoder, scaler, store, selection)
+    with engine.dask_client(len(works)) as client:
+        results = run_ranks(client, works, params.resources.worker_wait)
+    return Fitted(
+        results[0].booster,
+        results[0].history,
+        sum(result.rows for result in results),
+        works[0].n_features,
+        "collective QuantileDMatrix",
+    )
+
+
+def plan_ranks(
+    params: Params,
+    booster_params: dict,
+    split_dir: Path,
+    features_dir: Path,
+    encoder,
+    scaler,
+    store: MoleculeStore,
+    selection: RowSelection | None = None,
+) -> list[RankWork]:
+    """What each of the ``train.distributed_workers`` ranks trains on (see :func:`fit_distributed`)."""
     settings = params.train
     selection = selection or RowSelection(settings.negative_sample_rate, settings.seed)
     n_ranks = settings.distributed_workers
@@ -423,24 +450,14 @@ def fit_distributed(
     if not train_parts:
         raise InputError(f"{split_dir / 'train'}: no rows to train on")
     valid_parts = partitions(split_dir / "valid", settings.batch_rows, selection)
-    works = [
+    n_features = len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits
+    return [
         RankWork(rank, train, valid, features_dir.resolve(), selection, encoder, scaler, booster_params,
-                 params.xgb.n_estimators, params.xgb.max_bin,
-                 len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits)
+                 params.xgb.n_estimators, params.xgb.max_bin, n_features)
         for rank, (train, valid) in enumerate(
             zip(share_out(train_parts, n_ranks), share_out(valid_parts, n_ranks), strict=True)
         )
     ]  # fmt: skip
-    with engine.dask_client(n_ranks) as client:
-        results = run_ranks(client, works, params.resources.worker_wait)
-    first = results[0]
-    return Fitted(
-        first.booster,
-        first.history,
-        sum(r.rows for r in results),
-        works[0].n_features,
-        "collective QuantileDMatrix",
-    )
 
 
 def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
@@ -465,7 +482,7 @@ def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
                 ) from None
             rounds.run = f"{uuid.uuid4().hex}-{attempt}"
             try:
-                with rabit_tracker(client, len(works)) as collective:
+                with rabit_tracker(tracker_host(client), len(works)) as collective:
                     calls = [(work, collective, rounds.run) for work in works]
                     return engine.run_pinned(client, train_rank, calls, workers)
             except engine.WorkerLost as exc:
