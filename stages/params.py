@@ -210,7 +210,7 @@ class Params(Section):
             raise ValueError("train.data_mode=external needs xgb.tree_method=hist")
         if self.train.distributed_workers and self.train.data_mode == "external":
             raise ValueError(
-                "train.distributed_workers > 0 trains with xgboost.dask, which keeps each worker's part in memory; "
+                "train.distributed_workers > 0 keeps each rank's part in an in-memory QuantileDMatrix; "
                 "it needs train.data_mode=in_memory"
             )
         return self
