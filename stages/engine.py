@@ -193,10 +193,7 @@ class WatchedFuture:
                     raise
                 self.watch.check()
             except KilledWorker as exc:
-                raise ClusterError(f"{exc} (a crash or out of memory: see the workers' logs)") from None
-
-    def cancel(self) -> bool:
-        return self.future.cancel()
+                raise ClusterError(f"{exc} (a crash or out of memory?)") from None
 
 
 class DaskExecutor(Executor):

@@ -34,7 +34,7 @@ from stages.dataset import iter_row_batches
 from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, list_shards
 from stages.model import design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
-from stages.params import Params, load_params, threads
+from stages.params import Params, Train, load_params, threads
 from stages.split import uniform_hash
 
 log = logging.getLogger("stages.train")
@@ -282,6 +282,19 @@ def share_out(parts: list[Partition], n_ranks: int) -> list[tuple[Partition, ...
 
 
 @dataclass(frozen=True)
+class RankSetup:
+    """What every rank shares: where the molecules' features are, the fitted preprocessing, XGBoost's params."""
+
+    features_dir: Path
+    encoder: OneHotEncoder
+    scaler: StandardScaler
+    booster_params: dict
+    n_rounds: int
+    max_bin: int
+    n_features: int
+
+
+@dataclass(frozen=True)
 class RankWork:
     """One rank's share of distributed training, described by paths and params only: whichever worker runs it (the
     first one, or another after a loss) builds the same matrices, so the model depends on the params alone."""
@@ -289,14 +302,8 @@ class RankWork:
     rank: int
     train: tuple[Partition, ...]
     valid: tuple[Partition, ...]
-    features_dir: Path
     selection: RowSelection
-    encoder: OneHotEncoder
-    scaler: StandardScaler
-    booster_params: dict
-    n_rounds: int
-    max_bin: int
-    n_features: int
+    setup: RankSetup
 
 
 @dataclass
@@ -323,19 +330,19 @@ def rank_matrix(
 ) -> xgb.QuantileDMatrix:
     """The rank's quantile matrix of one side, streamed partition by partition; empty for a rank without
     partitions (it still takes part in every collective operation)."""
-    parts = getattr(work, side)
-    nthread = work.booster_params["n_jobs"]
+    parts, setup = getattr(work, side), work.setup
+    nthread = setup.booster_params["n_jobs"]
     if not parts:
-        empty = np.empty((0, work.n_features), dtype=np.float32)
-        return xgb.QuantileDMatrix(empty, label=empty[:, 0], max_bin=work.max_bin, ref=ref, nthread=nthread)
+        empty = np.empty((0, setup.n_features), dtype=np.float32)
+        return xgb.QuantileDMatrix(empty, label=empty[:, 0], max_bin=setup.max_bin, ref=ref, nthread=nthread)
 
     def batches():
         for number, partition in enumerate(parts):
             engine.report(TRAIN_EVENTS, run=run, rank=work.rank, side=side, partition=number)
             yield partition_rows(partition, work.selection)
 
-    rows = RowBatches(batches, store, work.encoder, work.scaler)
-    return xgb.QuantileDMatrix(rows, max_bin=work.max_bin, ref=ref, nthread=nthread)
+    rows = RowBatches(batches, store, setup.encoder, setup.scaler)
+    return xgb.QuantileDMatrix(rows, max_bin=setup.max_bin, ref=ref, nthread=nthread)
 
 
 def train_rank(work: RankWork, collective: dict, run: str) -> RankResult:
@@ -343,14 +350,14 @@ def train_rank(work: RankWork, collective: dict, run: str) -> RankResult:
     id), builds the rank's matrices and trains; the quantile sketches and histograms are summed across ranks.
     ``run`` names the attempt in the progress events."""
     with xgb.collective.CommunicatorContext(**collective, dmlc_task_id=f"{work.rank:06d}"):
-        store = cached_store(work.features_dir)
+        store = cached_store(work.setup.features_dir)
         dtrain = rank_matrix(work, "train", store, run)
         dvalid = rank_matrix(work, "valid", store, run, ref=dtrain)
         history: dict = {}
         booster = xgb.train(
-            work.booster_params,
+            work.setup.booster_params,
             dtrain,
-            num_boost_round=work.n_rounds,
+            num_boost_round=work.setup.n_rounds,
             evals=[(dtrain, "train"), (dvalid, "valid")],
             evals_result=history,
             verbose_eval=False,
@@ -420,44 +427,36 @@ def fit_distributed(
     worker (killed, crashed, restarted by its nanny) cancels the attempt: once the cluster has enough workers
     again (waiting up to ``resources.worker_wait`` s), training starts over and gives the same model; after Dask's
     ``distributed.scheduler.allowed-failures`` losses, or without workers, one ClusterError names what was lost."""
-    works = plan_ranks(params, booster_params, split_dir, features_dir, encoder, scaler, store, selection)
+    n_features = len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits
+    setup = RankSetup(features_dir.resolve(), encoder, scaler, booster_params, params.xgb.n_estimators,
+                      params.xgb.max_bin, n_features)  # fmt: skip
+    works = plan_ranks(params.train, split_dir, setup, selection)
     with engine.dask_client(len(works)) as client:
         results = run_ranks(client, works, params.resources.worker_wait)
     return Fitted(
         results[0].booster,
         results[0].history,
         sum(result.rows for result in results),
-        works[0].n_features,
+        n_features,
         "collective QuantileDMatrix",
     )
 
 
 def plan_ranks(
-    params: Params,
-    booster_params: dict,
-    split_dir: Path,
-    features_dir: Path,
-    encoder,
-    scaler,
-    store: MoleculeStore,
-    selection: RowSelection | None = None,
+    settings: Train, split_dir: Path, setup: RankSetup, selection: RowSelection | None = None
 ) -> list[RankWork]:
     """What each of the ``train.distributed_workers`` ranks trains on (see :func:`fit_distributed`)."""
-    settings = params.train
     selection = selection or RowSelection(settings.negative_sample_rate, settings.seed)
-    n_ranks = settings.distributed_workers
     train_parts = partitions(split_dir / "train", settings.batch_rows, selection)
     if not train_parts:
         raise InputError(f"{split_dir / 'train'}: no rows to train on")
     valid_parts = partitions(split_dir / "valid", settings.batch_rows, selection)
-    n_features = len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits
-    return [
-        RankWork(rank, train, valid, features_dir.resolve(), selection, encoder, scaler, booster_params,
-                 params.xgb.n_estimators, params.xgb.max_bin, n_features)
-        for rank, (train, valid) in enumerate(
-            zip(share_out(train_parts, n_ranks), share_out(valid_parts, n_ranks), strict=True)
-        )
-    ]  # fmt: skip
+    shares = zip(
+        share_out(train_parts, settings.distributed_workers),
+        share_out(valid_parts, settings.distributed_workers),
+        strict=True,
+    )
+    return [RankWork(rank, train, valid, selection, setup) for rank, (train, valid) in enumerate(shares)]
 
 
 def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
@@ -467,7 +466,7 @@ def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
     import dask
 
     attempts = 1 + int(dask.config.get("distributed.scheduler.allowed-failures"))
-    rounds = RoundsProgress(client, works[0].n_rounds)
+    rounds = RoundsProgress(client, works[0].setup.n_rounds)
     lost: list[str] = []
     try:
         for attempt in range(1, attempts + 1):

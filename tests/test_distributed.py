@@ -48,9 +48,10 @@ def test_one_rank_of_the_collective_trains_the_single_machine_model(mini_run: Mi
     local = load_model(mini_run.models)  # trained by train_model on one machine
     booster_params = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params))).get_xgb_params()
     store = MoleculeStore(mini_run.features)
-    (work,) = train.plan_ranks(
-        params, booster_params, mini_run.split, mini_run.features, local.encoder, local.scaler, store
-    )
+    n_features = len(local.categories) + len(store.descriptors) + store.n_bits
+    setup = train.RankSetup(mini_run.features, local.encoder, local.scaler, booster_params,
+                            params.xgb.n_estimators, params.xgb.max_bin, n_features)  # fmt: skip
+    (work,) = train.plan_ranks(params.train, mini_run.split, setup)
     with train.rabit_tracker("127.0.0.1", 1) as collective:
         result = train.train_rank(work, collective, "test")
     result.booster.save_model(str(tmp_path / "model.json"))
