@@ -36,7 +36,7 @@ log = logging.getLogger("stages.engine")
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 DEFAULT_WORKER_WAIT = 60.0  # seconds; resources.worker_wait
 POLL_SECONDS = 0.5  # how often a wait on the cluster looks at its workers
-LOSS_GRACE_SECONDS = 5.0  # after a pinned task fails, how long the scheduler gets to report a worker it lost
+LOSS_GRACE_SECONDS = 10.0  # after a pinned task fails, how long the scheduler gets to report a worker it lost
 
 
 class ClusterError(InputError):

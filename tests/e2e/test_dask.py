@@ -275,10 +275,10 @@ def replace_dead_workers(cluster: Cluster, n: int) -> None:
     cluster.wait_for_workers(n)
 
 
-def train(repo: Repo, tmp_path: Path, cluster: Cluster) -> subprocess.CompletedProcess:
-    """`python -m stages.train` on the cluster with the repository's params, a short resources.worker_wait, and
-    the repository's split and features; the models go to ``tmp_path / "models"``."""
-    params = deep_update(repo.params(), {"resources": {"worker_wait": 5}})
+def train(repo: Repo, tmp_path: Path, cluster: Cluster, worker_wait: float) -> subprocess.CompletedProcess:
+    """`python -m stages.train` on the cluster with the repository's params and split and features, and
+    ``resources.worker_wait``; the models go to ``tmp_path / "models"``."""
+    params = deep_update(repo.params(), {"resources": {"worker_wait": worker_wait}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"),
                            "--split", str(repo.path / "data/split"), "--features", str(repo.path / "data/features/train"),
@@ -298,13 +298,14 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def test_a_worker_lost_while_partitions_are_built_is_replaced_and_training_starts_over(
     distributed_repo: Repo, cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Rank 1's worker dies as it reads its first partition; its nanny starts a new worker, and training starts
-    over on the two workers: the model of the undisturbed run (a LocalCluster), byte for byte."""
+    """Rank 1's worker dies as it reads its first partition; its nanny starts a new worker (the run waits up to
+    resources.worker_wait for it), and training starts over on the two workers: the model of the undisturbed run
+    (a LocalCluster), byte for byte."""
     from stages.train import TRAIN_EVENTS
 
     died = tmp_path / "died"
     with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 1, "side": "train", "partition": 0}, False, str(died))):
-        result = train(distributed_repo, tmp_path, cluster)
+        result = train(distributed_repo, tmp_path, cluster, worker_wait=300)
     assert result.returncode == 0, result.stderr
     assert died.exists() and "training starts over" in result.stderr
     assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models")
@@ -313,7 +314,7 @@ def test_a_worker_lost_while_partitions_are_built_is_replaced_and_training_start
 def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then_the_rerun_completes(
     distributed_repo: Repo, reproduced_repo: Repo, cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Rank 0's worker and its nanny die after round 5 of 25: after resources.worker_wait (5 s) without a second
+    """Rank 0's worker and its nanny die after round 5 of 25: after resources.worker_wait (2 s) without a second
     worker, one error line names the lost worker, and the models of an earlier run are untouched. With a new
     worker, the rerun gives the undisturbed model."""
     from stages.train import TRAIN_EVENTS
@@ -322,15 +323,15 @@ def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then
     earlier = tree_hashes(tmp_path / "models")
     rank0 = worker_addresses(cluster)[0]
     with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 0, "round": 5}, True, str(tmp_path / "died"))):
-        error = one_error_line(train(distributed_repo, tmp_path, cluster))
+        error = one_error_line(train(distributed_repo, tmp_path, cluster, worker_wait=2))
     assert f"lost Dask worker(s) {rank0} during distributed training" in error
-    assert "has 1 worker(s) after waiting 5 s (resources.worker_wait); 2 needed" in error
+    assert "has 1 worker(s) after waiting 2 s (resources.worker_wait); 2 needed" in error
     assert error.endswith("no model written")
     assert tree_hashes(tmp_path / "models") == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["died", "models", "params.yaml", "scheduler.json"]
 
     replace_dead_workers(cluster, 2)
-    rerun = train(distributed_repo, tmp_path, cluster)
+    rerun = train(distributed_repo, tmp_path, cluster, worker_wait=300)
     assert rerun.returncode == 0, rerun.stderr
     assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models")
 
@@ -341,7 +342,7 @@ def test_a_worker_lost_while_predicting(reproduced_repo: Repo, cluster: Cluster,
     rerun completes."""
     from stages.predict import PREDICT_EVENTS
 
-    params = deep_update(reproduced_repo.params(), {"resources": {"engine": "dask", "worker_wait": 5}})
+    params = deep_update(reproduced_repo.params(), {"resources": {"engine": "dask", "worker_wait": 2}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     repo = reproduced_repo.path
 
@@ -361,7 +362,7 @@ def test_a_worker_lost_while_predicting(reproduced_repo: Repo, cluster: Cluster,
     (tmp_path / "submission.csv").unlink()
     with plugin(cluster, DieAt(PREDICT_EVENTS, {}, True)):
         error = one_error_line(predict())
-    assert "has had no workers for 5 s (resources.worker_wait)" in error
+    assert "has had no workers for 2 s (resources.worker_wait)" in error
     assert not list(tmp_path.glob("*submission*"))
 
     replace_dead_workers(cluster, 2)
