@@ -96,6 +96,7 @@ class Options:
     workers: int = 1
     cache_dir: Path | None = None  # None: no feature cache
     engine: str = "local"  # local | dask: where RDKit runs (the output is the same)
+    worker_wait: float | None = None  # dask: seconds without workers before failing (None: engine's default)
 
 
 def options(params: Params, cache_dir: Path | None = None) -> Options:
@@ -106,6 +107,7 @@ def options(params: Params, cache_dir: Path | None = None) -> Options:
         workers=workers(params),
         cache_dir=Path(cache_dir) if cache_dir else feature_cache_dir(params),
         engine=params.resources.engine,
+        worker_wait=params.resources.worker_wait,
     )
 
 
@@ -302,7 +304,7 @@ def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, nee
     config = opts.config
     cache_dir = opts.cache_dir / cache_namespace(config) if opts.cache_dir else None
     cache = FeatureCache(cache_dir, molecule_schema(config))
-    with engine.executor(opts.engine, opts.workers) as pool:
+    with engine.executor(opts.engine, opts.workers, opts.worker_wait) as pool:
         rows = raw_row_count(source)
         if isinstance(pool, engine.LazyProcessPool) and (rows is None or rows >= 3 * FeatureWorkers.SMALL):
             pool.warm_up(chem.warm_up, config)

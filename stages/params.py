@@ -206,6 +206,8 @@ class Resources(Section):
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
     feature_cache: str | None = Field(default=None, min_length=1)
     external_memory_dir: str | None = Field(default=None, min_length=1)
+    # seconds a Dask run waits for the workers it lacks before failing (at the start, after losing one)
+    worker_wait: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
 
 FEATURE_CACHE_VARIABLE = "BELKA_FEATURE_CACHE"
@@ -251,7 +253,7 @@ class Params(Section):
     def _cross_section(self) -> Params:
         if self.train.distributed_workers and self.train.data_mode == "external":
             raise ValueError(
-                "train.distributed_workers > 0 trains with xgboost.dask, which keeps each worker's part in memory; "
+                "train.distributed_workers > 0 keeps each rank's part in an in-memory QuantileDMatrix; "
                 "it needs train.data_mode=in_memory"
             )
         return self

@@ -38,6 +38,8 @@ from stages.params import load_params, workers
 
 log = logging.getLogger("stages.predict")
 
+PREDICT_EVENTS = "belka-predict"  # Dask event topic: each shard as a worker starts scoring it
+
 
 def fallback_predictions(rejects: pl.DataFrame, model: Model) -> pl.DataFrame:
     """Rejected rows get their protein's positive rate in the training data (the best guess without features)."""
@@ -60,6 +62,7 @@ def cached_model(directory: Path) -> Model:
 def score_shard(shard: Path, features_dir: Path, model_dir: Path, batch_rows: int) -> pl.DataFrame:
     """``id,binds`` for the rows of one featurized shard: a pure function of files, so it runs the same in this
     process or on a Dask worker (which then needs the features and the model on a shared filesystem)."""
+    engine.report(PREDICT_EVENTS, shard=shard.name)
     model, store = cached_model(model_dir), cached_store(features_dir)
     rows = read_rows(shard, [ID, "molecule_key", PROTEIN])
     model.check_proteins(rows[PROTEIN], str(shard))
@@ -77,14 +80,17 @@ def predict_file(
     batch_rows: int,
     engine_name: str = "local",
     n_workers: int = 1,
+    worker_wait: float = engine.DEFAULT_WORKER_WAIT,
 ) -> pl.DataFrame:
     """The submission for a featurized file: every shard scored (here, or on the Dask cluster with
-    ``engine_name="dask"``: the same function, the same bytes), plus the rejected rows at their base rate."""
+    ``engine_name="dask"``: the same function, the same bytes), plus the rejected rows at their base rate. On
+    Dask, a lost worker's shards are scored again by the others; a cluster left without workers for
+    ``worker_wait`` seconds, or a shard that kills its workers, fails the run with one error."""
     model = cached_model(model_dir)
     model.check_features(cached_store(features_dir))  # once, here: the shards are scored with the same files
     shards = list_shards(features_dir / "rows")
     bar = progress("predict", count_rows(features_dir / "rows"))
-    with engine.executor(engine_name, n_workers if engine_name == "dask" else 1) as pool:
+    with engine.executor(engine_name, n_workers if engine_name == "dask" else 1, worker_wait) as pool:
         if pool is None:
             results = (score_shard(shard, features_dir, model_dir, batch_rows) for shard in shards)
         else:
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             params.resources.batch_rows,
             params.resources.engine,
             workers(params),
+            params.resources.worker_wait,
         )
         write_csv(submission, args.output)
         log.info("wrote %d predictions to %s", len(submission), args.output)

@@ -27,10 +27,10 @@ import argparse
 import contextlib
 import gc
 import logging
-import operator
 import shutil
 import signal
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +43,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import BB_KEYS, KEY, iter_row_batches
+from stages.dataset import BB_KEYS, KEY, iter_row_batches, read_rows
 from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, list_shards, scratch_dir
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
-from stages.params import Params, external_memory_dir, load_params, threads
+from stages.params import Params, Train, external_memory_dir, load_params, threads
 from stages.split import Rule, assign, uniform_hash
 
 log = logging.getLogger("stages.train")
@@ -56,13 +56,10 @@ FIT, STOP_SHARE, STOP_UNSEEN = "fit", "stop_share", "stop_unseen"  # the parts o
 LABEL_COLUMNS = [ID, KEY, PROTEIN, BINDS, *BB_KEYS]
 
 
-def sample_rows(rows: pl.DataFrame, rates: dict[str, float] | float, seed: int) -> pl.DataFrame:
-    """Keep every positive and a seeded fraction of negatives (``rates`` by protein, or one rate for all: a fixed
+def sample_rows(rows: pl.DataFrame, rates: dict[str, float], seed: int) -> pl.DataFrame:
+    """Keep every positive and a seeded fraction of negatives (``rates`` by protein, 1 for one not named: a fixed
     draw per row id); add ``weight`` (1/rate for kept negatives), so weighted counts are the unsampled ones."""
-    if isinstance(rates, dict):
-        rate = rows[PROTEIN].replace_strict(rates, default=1.0, return_dtype=pl.Float64).to_numpy()
-    else:
-        rate = np.full(len(rows), rates)
+    rate = rows[PROTEIN].replace_strict(rates, default=1.0, return_dtype=pl.Float64).to_numpy()
     keep = (rows[BINDS].to_numpy() == 1) | (uniform_hash(rows[ID].to_numpy(), seed) < rate)
     weight = np.where(rows[BINDS].to_numpy() == 1, 1.0, 1.0 / rate).astype(np.float32)
     return rows.with_columns(pl.Series("weight", weight)).filter(pl.Series(keep))
@@ -125,35 +122,47 @@ def negative_rates(params: Params, counts: LabelCounts) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class RowSource:
-    """The training rows one matrix holds: one part, optionally one protein, sampled. ``batches()`` reads them
-    again for each pass XGBoost makes."""
+class RowSelection:
+    """The training rows one matrix holds: one part (fit, or an early-stopping part drawn by ``rule``), every
+    protein's or only ``protein``'s, negatives kept at each protein's rate (seeded by the row id, see
+    :func:`sample_rows`). The same on one machine and on a Dask worker, which reads its partitions with it."""
 
-    rows_dir: Path
-    batch_rows: int
     rule: Rule | None
     part: str
     protein: str | None
     rates: tuple[tuple[str, float], ...]
     seed: int
 
+    def apply(self, rows: pl.DataFrame) -> pl.DataFrame:
+        chosen = part_of(rows, self.rule) == self.part
+        if self.protein is not None:
+            chosen &= rows[PROTEIN].to_numpy() == self.protein
+        return sample_rows(rows.filter(pl.Series(chosen)), dict(self.rates), self.seed)
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Every batch of a rows directory, as a selection keeps it: what one machine's matrices read, again for each
+    pass XGBoost makes."""
+
+    rows_dir: Path
+    batch_rows: int
+    selection: RowSelection
+
     def batches(self) -> Iterator[pl.DataFrame]:
         for rows in iter_row_batches(self.rows_dir, self.batch_rows):
-            chosen = part_of(rows, self.rule) == self.part
-            if self.protein is not None:
-                chosen &= rows[PROTEIN].to_numpy() == self.protein
-            if chosen.any():
-                sampled = sample_rows(rows.filter(pl.Series(chosen)), dict(self.rates), self.seed)
-                if len(sampled):
-                    yield sampled
+            selected = self.selection.apply(rows)
+            if len(selected):
+                yield selected
 
 
 class RowBatches(xgb.DataIter):
-    """Feeds XGBoost one expanded batch at a time; XGBoost calls reset() for each pass it needs."""
+    """Feeds XGBoost one expanded batch at a time from ``source`` (anything with ``batches()``: a
+    :class:`RowSource`, or a rank's :class:`PartitionSource`); XGBoost calls reset() for each pass it needs."""
 
     def __init__(
         self,
-        source: RowSource,
+        source: RowSource | PartitionSource,
         store: MoleculeStore,
         encoder: OneHotEncoder | None,
         scaler: StandardScaler,
@@ -209,10 +218,8 @@ def fit_preprocessing(params: Params, rows_dir: Path, store: MoleculeStore) -> P
         kept.add(sampled, part_of(sampled, rule))
     scaler = StandardScaler()
     if store.descriptors:
-        source = RowSource(
-            rows_dir, params.train.batch_rows, rule, FIT, None, tuple(sorted(rates.items())), seed
-        )
-        for rows in source.batches():
+        fit = RowSelection(rule, FIT, None, tuple(sorted(rates.items())), seed)
+        for rows in RowSource(rows_dir, params.train.batch_rows, fit).batches():
             scaler.partial_fit(store.lookup(rows[KEY].to_numpy()).descriptors)
     else:  # fingerprint only: nothing to scale
         scaler.mean_ = scaler.scale_ = scaler.var_ = np.empty(0)
@@ -272,6 +279,11 @@ def log_curves(live: Live, history: dict) -> None:
         live.next_step()
 
 
+def curve_name(key: str, name: str) -> str:
+    """A booster's curves and figures: under the protein's name for a per-protein booster."""
+    return name if key == JOINT else f"{key}/{name}"
+
+
 @dataclass
 class Fitted:
     """One booster and how it was trained."""
@@ -281,8 +293,8 @@ class Fitted:
     rows: int
     features: int
     matrix: str
-    rounds: int = 0  # rounds boosted
-    best_iteration: int = -1  # the last round the saved model keeps (rounds - 1 without early stopping)
+    rounds: int  # rounds boosted
+    best_iteration: int  # the last round the saved model keeps (rounds - 1 without early stopping)
 
 
 def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: Path, live_dir: Path) -> dict:
@@ -295,31 +307,22 @@ def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: P
     keys = [JOINT] if settings.model == "joint" else prep.counts.proteins
     fitted: dict[str, Fitted] = {}
     for key in keys:
+        protein = None if key == JOINT else key
         encoder = prep.encoder if key == JOINT else None
+        selections = part_selections(params, prep, protein)
         if settings.distributed_workers:
-            if settings.model != "joint" or inner_rule(params) or settings.negatives_per_positive:
-                raise InputError(
-                    "train.distributed_workers > 0 trains the joint model without early stopping and with "
-                    "train.negative_sample_rate only (train.model: joint, train.early_stopping.rounds: 0)"
-                )
             fitted[key] = fit_distributed(
-                params, booster_params, rows_dir.parent, features_dir, prep.encoder, prep.scaler, store
+                params, booster_params, rows_dir, features_dir, encoder, prep.scaler, store, selections
             )
-            fitted[key].rounds = params.xgb.n_estimators
-            fitted[key].best_iteration = params.xgb.n_estimators - 1
         else:
-            protein = None if key == JOINT else key
-            fitted[key] = fit_local(params, booster_params, rows_dir, protein, prep, store, encoder)
+            fitted[key] = fit_local(params, booster_params, rows_dir, selections, store, encoder, prep.scaler)
     n_features = next(iter(fitted.values())).features
     with atomic_dir(live_dir) as live_tmp, atomic_dir(model_dir) as model_tmp:
         live = Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None)
-        prefix = (lambda key: "") if keys == [JOINT] else (lambda key: f"{key}/")
-        log_curves(
-            live, {f"{prefix(k)}{data}": m for k, f in fitted.items() for data, m in f.history.items()}
-        )
+        log_curves(live, {curve_name(k, data): m for k, f in fitted.items() for data, m in f.history.items()})
         for key, result in fitted.items():
-            live.summary[f"{prefix(key)}best_iteration"] = result.best_iteration
-            live.summary[f"{prefix(key)}rounds"] = result.rounds
+            live.summary[curve_name(key, "best_iteration")] = result.best_iteration
+            live.summary[curve_name(key, "rounds")] = result.rounds
         live.end()
         categories = [str(c) for c in prep.encoder.categories_[0]]
         save_model(
@@ -372,165 +375,347 @@ def page_directory(params: Params) -> Iterator[Path]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def part_selections(params: Params, prep: Preprocessing, protein: str | None) -> dict[str, RowSelection]:
+    """The matrices one booster trains with: the fit part, and the early-stopping parts that hold both classes
+    after sampling (a metric like aucpr needs both); the same plan on one machine and on the cluster."""
+    rule, rates = inner_rule(params), tuple(sorted(prep.rates.items()))
+    what = f"train {protein}" if protein else "train"
+    if prep.kept.of(FIT, protein)[0] == 0:
+        raise InputError(
+            f"{what}: no rows to train on (protein {protein})" if protein else f"{what}: no rows"
+        )
+    selections = {FIT: RowSelection(rule, FIT, protein, rates, params.train.seed)}
+    if rule is not None:
+        for part in (STOP_SHARE, STOP_UNSEEN):
+            rows, positives = prep.kept.of(part, protein)
+            if 0 < positives < rows:
+                selections[part] = RowSelection(rule, part, protein, rates, params.train.seed)
+            else:
+                log.warning("%s: the early-stopping part %s has %d rows, %d positive: not used", what, part,
+                            rows, positives)  # fmt: skip
+    return selections
+
+
+def boost(
+    params: Params, booster_params: dict, matrices: dict[str, xgb.DMatrix], callbacks: list
+) -> tuple[xgb.Booster, dict, int, int]:
+    """XGBoost on the fit matrix, watching the others; with early stopping when there are early-stopping parts.
+    (booster with the best round's trees, history, rounds boosted, best round): the same on one machine and on
+    every rank of the collective (whose metrics are reduced over the ranks, so each stops at the same round)."""
+    stopper = None
+    if len(matrices) > 1:
+        parts = [part for part in matrices if part != FIT]
+        stopper = InnerEarlyStopping(params.train.early_stopping.rounds, params.xgb.eval_metric, parts)
+    history: dict = {}
+    booster = xgb.train(
+        booster_params,
+        matrices[FIT],
+        num_boost_round=params.xgb.n_estimators,
+        evals=[(matrix, "train" if part == FIT else part) for part, matrix in matrices.items()],
+        evals_result=history,
+        callbacks=[*callbacks, *([stopper] if stopper else [])],
+        verbose_eval=False,
+    )
+    rounds = booster.num_boosted_rounds()
+    best = stopper.best_iteration if stopper is not None and stopper.best_iteration >= 0 else rounds - 1
+    # the best round's trees, in a copy that holds no reference to the matrices (their pages can go)
+    kept = xgb.Booster(model_file=bytearray(booster[: best + 1].save_raw("json")))
+    return kept, history, rounds, best
+
+
 def fit_local(
     params: Params,
     booster_params: dict,
     rows_dir: Path,
-    protein: str | None,
-    prep: Preprocessing,
+    selections: dict[str, RowSelection],
     store: MoleculeStore,
     encoder: OneHotEncoder | None,
+    scaler: StandardScaler,
 ) -> Fitted:
-    """One machine: batches stream through a DataIter into a (possibly external-memory) quantile matrix; the
-    early-stopping parts, when there are some, are matrices of their own with the fit matrix's cuts."""
-    rule, seed = inner_rule(params), params.train.seed
-    rates = tuple(sorted(prep.rates.items()))
+    """One machine: batches stream through a DataIter into a (possibly external-memory) quantile matrix per part;
+    the early-stopping parts' matrices use the fit matrix's cuts."""
+    protein = selections[FIT].protein
     external = params.train.data_mode == "external"
     matrix_type = xgb.ExtMemQuantileDMatrix if external else xgb.QuantileDMatrix
-    stopping = params.train.early_stopping.rounds
-    what = f"train {protein}" if protein else "train"
     with page_directory(params) if external else contextlib.nullcontext() as pages:
-
-        def matrix(part: str, ref=None):
+        matrices: dict[str, xgb.DMatrix] = {}
+        for part, selection in selections.items():
             prefix = str(pages / f"{protein or 'all'}-{part}") if external else None
-            source = RowSource(rows_dir, params.train.batch_rows, rule, part, protein, rates, seed)
-            iterator = RowBatches(source, store, encoder, prep.scaler, cache_prefix=prefix)
-            return matrix_type(iterator, max_bin=params.xgb.max_bin, ref=ref)
-
-        if prep.kept.of(FIT, protein)[0] == 0:
-            raise InputError(f"{what}: no rows to train on in {rows_dir}")
-        dfit = matrix(FIT)
-        evals = [(dfit, "train")]
-        callbacks: list[xgb.callback.TrainingCallback] = []
-        if rule is not None:
-            for part in (STOP_SHARE, STOP_UNSEEN):
-                rows, positives = prep.kept.of(part, protein)
-                if 0 < positives < rows:  # a metric like aucpr needs both classes
-                    evals.append((matrix(part, ref=dfit), part))
-                else:
-                    log.warning("%s: the early-stopping part %s has %d rows, %d positive: not used", what, part,
-                                rows, positives)  # fmt: skip
-            stopper = InnerEarlyStopping(stopping, params.xgb.eval_metric, [STOP_SHARE, STOP_UNSEEN])
-            callbacks.append(stopper)
-        history: dict = {}
-        bar = progress(what, params.xgb.n_estimators, unit="rounds", every=10.0)
-        callbacks.append(ProgressBar(bar))
-        booster = xgb.train(
-            booster_params,
-            dfit,
-            num_boost_round=params.xgb.n_estimators,
-            evals=evals,
-            evals_result=history,
-            callbacks=callbacks,
-            verbose_eval=False,
-        )
+            source = RowSource(rows_dir, params.train.batch_rows, selection)
+            iterator = RowBatches(source, store, encoder, scaler, cache_prefix=prefix)
+            matrices[part] = matrix_type(iterator, max_bin=params.xgb.max_bin, ref=matrices.get(FIT))
+        bar = progress(f"train {protein}" if protein else "train", params.xgb.n_estimators, unit="rounds",
+                       every=10.0)  # fmt: skip
+        booster, history, rounds, best = boost(params, booster_params, matrices, [ProgressBar(bar)])
         bar.close()
-        rounds = booster.num_boosted_rounds()
-        best = stopper.best_iteration if rule is not None and stopper.best_iteration >= 0 else rounds - 1
-        kept = booster[: best + 1]
-        # A copy that holds no reference to the matrices, so their page files can go before the directory.
-        kept = xgb.Booster(model_file=bytearray(kept.save_raw("json")))
-        fitted = Fitted(kept, history, dfit.num_row(), dfit.num_col(), type(dfit).__name__, rounds, best)
-        del booster, dfit, evals
+        dfit = matrices[FIT]
+        fitted = Fitted(booster, history, dfit.num_row(), dfit.num_col(), type(dfit).__name__, rounds, best)
+        del matrices, dfit
     return fitted
 
 
 # ---------------------------------------------------------------------------------------------- distributed
 
+TRAIN_EVENTS = "belka-train"  # Dask event topic: each rank's partitions as it reads them, rank 0's rounds
 
-def partitions(rows_dir: Path, batch_rows: int, rate: float, seed: int) -> list[tuple[Path, int, int, int]]:
-    """(shard, start, stop, rows kept by sampling) for each batch of ``rows_dir``, in the order the local DataIter
-    reads them: the same batches become the Dask partitions."""
+
+@dataclass(frozen=True)
+class Partition:
+    """Rows ``start:stop`` of one shard of the split (a batch of ``train.batch_rows``), ``rows`` of them selected."""
+
+    shard: Path
+    start: int
+    stop: int
+    rows: int
+
+
+def partitions(rows_dir: Path, batch_rows: int, selection: RowSelection) -> list[Partition]:
+    """The batches of ``rows_dir`` that hold selected rows, in the order the local DataIter reads them."""
     out = []
     for shard in list_shards(rows_dir):
-        rows = pl.read_parquet(shard, columns=[ID, BINDS])
+        rows = read_rows(shard, LABEL_COLUMNS)
         for start in range(0, len(rows), batch_rows):
-            kept = len(sample_rows(rows.slice(start, batch_rows), rate, seed))
+            kept = len(selection.apply(rows.slice(start, batch_rows)))
             if kept:
-                out.append((shard, start, min(start + batch_rows, len(rows)), kept))
+                out.append(Partition(shard.resolve(), start, min(start + batch_rows, len(rows)), kept))
     return out
 
 
-def partition_arrays(
-    shard: Path, start: int, stop: int, features_dir: Path, encoder, scaler, rate: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The design matrix, labels and weights of one partition: runs on a Dask worker (which reads the split and
-    the features from a filesystem it shares with the client)."""
-    store = cached_store(features_dir)
-    rows = sample_rows(pl.read_parquet(shard).slice(start, stop - start), rate, seed)
-    matrix = design_matrix(rows, store, encoder, scaler)
-    return matrix, rows[BINDS].to_numpy().astype(np.float32), rows["weight"].to_numpy()
+@dataclass(frozen=True)
+class PartitionSource:
+    """One rank's partitions of one part, as its selection keeps them; each read is reported to the scheduler
+    (progress, and the points the tests kill workers at)."""
+
+    partitions: tuple[Partition, ...]
+    selection: RowSelection
+    rank: int
+    run: str
+
+    def batches(self) -> Iterator[pl.DataFrame]:
+        for number, partition in enumerate(self.partitions):
+            engine.report(
+                TRAIN_EVENTS, run=self.run, rank=self.rank, side=self.selection.part, partition=number
+            )
+            rows = read_rows(partition.shard).slice(partition.start, partition.stop - partition.start)
+            yield self.selection.apply(rows)
+
+
+def share_out(parts: list[Partition], n_ranks: int) -> list[tuple[Partition, ...]]:
+    """Contiguous runs of the partitions, in order, one per rank: partition i goes to rank i * n_ranks // len(parts)
+    (a rank gets none when there are fewer partitions than ranks)."""
+    return [
+        tuple(p for i, p in enumerate(parts) if i * n_ranks // len(parts) == rank) for rank in range(n_ranks)
+    ]
+
+
+@dataclass(frozen=True)
+class RankSetup:
+    """What every rank shares: where the molecules' features are, the fitted preprocessing (no encoder for a
+    per-protein booster), XGBoost's params, and the params (rounds, early stopping)."""
+
+    features_dir: Path
+    encoder: OneHotEncoder | None
+    scaler: StandardScaler
+    booster_params: dict
+    params: Params
+    n_features: int
+
+
+@dataclass(frozen=True)
+class RankWork:
+    """One rank's share of distributed training, described by paths and params only: whichever worker runs it (the
+    first one, or another after a loss) builds the same matrices, so the model depends on the params alone. One
+    run of partitions per part (fit, and the early-stopping parts), each read with its selection."""
+
+    rank: int
+    partitions: dict[str, tuple[Partition, ...]]
+    selections: dict[str, RowSelection]
+    setup: RankSetup
+
+
+@dataclass
+class RankResult:
+    booster: xgb.Booster | None  # rank 0's; every rank ends with the same model
+    history: dict
+    rows: int
+    rounds: int
+    best_iteration: int
+
+
+class RoundEvents(xgb.callback.TrainingCallback):
+    """Reports each boosting round of rank 0 to the scheduler (the client's progress bar follows it)."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__()
+        self.run = run
+
+    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+        engine.report(TRAIN_EVENTS, run=self.run, rank=0, round=epoch + 1)
+        return False
+
+
+def rank_matrix(
+    work: RankWork, part: str, store: MoleculeStore, run: str, ref: xgb.QuantileDMatrix | None = None
+) -> xgb.QuantileDMatrix:
+    """The rank's quantile matrix of one part, streamed partition by partition; empty for a rank without
+    partitions of it (it still takes part in every collective operation)."""
+    parts, setup = work.partitions[part], work.setup
+    nthread = setup.booster_params["n_jobs"]
+    max_bin = setup.params.xgb.max_bin
+    if not parts:
+        empty = np.empty((0, setup.n_features), dtype=np.float32)
+        return xgb.QuantileDMatrix(empty, label=empty[:, 0], max_bin=max_bin, ref=ref, nthread=nthread)
+    source = PartitionSource(parts, work.selections[part], work.rank, run)
+    rows = RowBatches(source, store, setup.encoder, setup.scaler)
+    return xgb.QuantileDMatrix(rows, max_bin=max_bin, ref=ref, nthread=nthread)
+
+
+def train_rank(work: RankWork, collective: dict, run: str) -> RankResult:
+    """Runs on a Dask worker: joins XGBoost's collective as rank ``work.rank`` (the tracker sorts ranks by task
+    id), builds the rank's matrices and trains; the quantile sketches, histograms and metrics are reduced across
+    ranks, so every rank stops at the same round. ``run`` names the attempt in the progress events."""
+    with xgb.collective.CommunicatorContext(**collective, dmlc_task_id=f"{work.rank:06d}"):
+        store = cached_store(work.setup.features_dir)
+        matrices: dict[str, xgb.DMatrix] = {}
+        for part in work.partitions:
+            matrices[part] = rank_matrix(work, part, store, run, ref=matrices.get(FIT))
+        callbacks = [RoundEvents(run)] if work.rank == 0 else []
+        booster, history, rounds, best = boost(
+            work.setup.params, work.setup.booster_params, matrices, callbacks
+        )
+    return RankResult(booster if work.rank == 0 else None, history, matrices[FIT].num_row(), rounds, best)
+
+
+@contextlib.contextmanager
+def rabit_tracker(host: str, n_ranks: int) -> Iterator[dict]:
+    """XGBoost's tracker, in this process on ``host`` (an address every rank's worker reaches); yields the ranks'
+    collective arguments."""
+    tracker = xgb.tracker.RabitTracker(n_workers=n_ranks, host_ip=host, port=0, sortby="task")
+    tracker.start()
+    try:
+        yield tracker.worker_args()
+    finally:
+        try:
+            tracker.free()  # waits for the tracker's thread; fails with its error when the ranks failed
+        except xgb.core.XGBoostError as exc:
+            log.debug("the collective's tracker ended with: %s", exc)
+
+
+def tracker_host(client) -> str:
+    """The address through which this machine reaches the scheduler: the workers reach this machine by it."""
+    from distributed.comm import get_address_host
+    from distributed.utils import get_ip
+
+    return get_ip(get_address_host(client.scheduler.address))
+
+
+class RoundsProgress:
+    """The progress bar of distributed training: the rounds rank 0 reports (pushed by the scheduler as they
+    happen) in the current attempt."""
+
+    def __init__(self, client, n_rounds: int) -> None:
+        self.client, self.run = client, ""
+        self.bar = progress("train", n_rounds, unit="rounds", every=10.0)
+        client.subscribe_topic(TRAIN_EVENTS, self.event)
+
+    def event(self, event: tuple[float, dict]) -> None:
+        message = event[1]
+        if message.get("run") == self.run and "round" in message:
+            self.bar.update(message["round"] - self.bar.n)
+
+    def close(self) -> None:
+        self.client.unsubscribe_topic(TRAIN_EVENTS)
+        self.bar.close()
 
 
 def fit_distributed(
     params: Params,
     booster_params: dict,
-    split_dir: Path,
+    rows_dir: Path,
     features_dir: Path,
-    encoder,
-    scaler,
+    encoder: OneHotEncoder | None,
+    scaler: StandardScaler,
     store: MoleculeStore,
+    selections: dict[str, RowSelection],
 ) -> Fitted:
-    """``xgboost.dask`` on ``train.distributed_workers`` workers (the cluster at $DASK_SCHEDULER_ADDRESS, which
-    must have exactly that many, or a LocalCluster of them): each batch of the split is a partition whose design
-    matrix is built on a worker. The model depends on the workers and partitions, so both are fixed by params."""
+    """XGBoost's collective over ``train.distributed_workers`` ranks, each a task pinned to its own worker of the
+    Dask cluster (at $DASK_SCHEDULER_ADDRESS, which needs at least that many workers, or a LocalCluster of them).
+    Each batch of the train part is a partition; rank r reads the r-th contiguous run of each part's partitions
+    from the shared filesystem, so the model depends on the params alone, not on the workers, the timing or Dask's
+    scheduling. ``selections`` are the parts (fit and early stopping) with their rows, as on one machine.
+
+    A lost worker (killed, crashed, restarted by its nanny) cancels the attempt: once the cluster has enough workers
+    again (waiting up to ``resources.worker_wait`` s), training starts over and gives the same model; after Dask's
+    ``distributed.scheduler.allowed-failures`` losses, or without workers, one ClusterError names what was lost."""
+    categories = len(encoder.categories_[0]) if encoder is not None else 0
+    n_features = categories + len(store.descriptors) + store.n_bits
+    setup = RankSetup(features_dir.resolve(), encoder, scaler, booster_params, params, n_features)
+    works = plan_ranks(params.train, rows_dir, setup, selections)
+    with engine.dask_client(len(works)) as client:
+        results = run_ranks(client, works, params.resources.worker_wait)
+    first = results[0]
+    rows = sum(result.rows for result in results)
+    return Fitted(first.booster, first.history, rows, n_features, "collective QuantileDMatrix", first.rounds,
+                  first.best_iteration)  # fmt: skip
+
+
+def plan_ranks(
+    settings: Train, rows_dir: Path, setup: RankSetup, selections: dict[str, RowSelection]
+) -> list[RankWork]:
+    """What each of the ``train.distributed_workers`` ranks trains on (see :func:`fit_distributed`)."""
+    shares: dict[str, list[tuple[Partition, ...]]] = {}
+    for part, selection in selections.items():
+        parts = partitions(rows_dir, settings.batch_rows, selection)
+        if part == FIT and not parts:
+            raise InputError(f"{rows_dir}: no rows to train on")
+        shares[part] = share_out(parts, settings.distributed_workers)
+    return [
+        RankWork(rank, {part: share[rank] for part, share in shares.items()}, selections, setup)
+        for rank in range(settings.distributed_workers)
+    ]
+
+
+def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
+    """Every rank's :func:`train_rank` at once, one per worker; started over on the workers then present when one
+    is lost (at most ``distributed.scheduler.allowed-failures`` times, Dask's own limit for a task whose workers
+    die); a :class:`engine.ClusterError` when that is spent or the cluster lacks workers for ``wait`` s."""
     import dask
-    import dask.array as da
-    from xgboost import dask as dxgb
 
-    settings = params.train
-    n_features = len(encoder.categories_[0]) + len(store.descriptors) + store.n_bits
-    with engine.dask_client(settings.distributed_workers) as client:
-        found = len(client.scheduler_info()["workers"])
-        if found != settings.distributed_workers:
-            raise InputError(
-                f"train.distributed_workers={settings.distributed_workers}, but the Dask cluster at "
-                f"{client.scheduler.address} has {found} workers: the model depends on the worker count, so they "
-                "must match"
-            )
-
-        # Each partition is built on a fixed worker: contiguous runs of partitions, in order, over the workers
-        # sorted by address. The workers' data, and so the model, then depend only on the params.
-        addresses = sorted(client.scheduler_info()["workers"])
-        build = engine.importable(partition_arrays)
-
-        def arrays(side: str) -> tuple:
-            parts = partitions(
-                split_dir / side, settings.batch_rows, settings.negative_sample_rate, settings.seed
-            )
-            if not parts:
-                raise InputError(f"{split_dir / side}: no rows to train on")
-            columns: list[list] = [[], [], []]
-            for number, (shard, start, stop, kept) in enumerate(parts):
-                pin = {
-                    "workers": [addresses[number * len(addresses) // len(parts)]],
-                    "allow_other_workers": False,
-                }
-                part = client.submit(
-                    build, shard.resolve(), start, stop, features_dir.resolve(), encoder, scaler,
-                    settings.negative_sample_rate, settings.seed, pure=False, **pin,
-                )  # fmt: skip
-                shapes = ((kept, n_features), (kept,), (kept,))
-                for k, shape in enumerate(shapes):
-                    piece = client.submit(operator.getitem, part, k, pure=False, **pin)
-                    columns[k].append(da.from_delayed(dask.delayed(piece), shape=shape, dtype=np.float32))
-            return tuple(da.concatenate(c) for c in columns)
-
-        x, y, w = arrays("train")
-        dtrain = dxgb.DaskQuantileDMatrix(client, x, y, weight=w, max_bin=params.xgb.max_bin)
-        vx, vy, vw = arrays("valid")
-        dvalid = dxgb.DaskQuantileDMatrix(client, vx, vy, weight=vw, max_bin=params.xgb.max_bin, ref=dtrain)
-        output = dxgb.train(
-            client,
-            booster_params,
-            dtrain,
-            num_boost_round=params.xgb.n_estimators,
-            evals=[(dtrain, "train"), (dvalid, "valid")],
-            verbose_eval=False,
-        )
-        return Fitted(
-            output["booster"], output["history"], int(x.shape[0]), n_features, "DaskQuantileDMatrix"
-        )
+    attempts = 1 + int(dask.config.get("distributed.scheduler.allowed-failures"))
+    rounds = RoundsProgress(client, works[0].setup.params.xgb.n_estimators)
+    lost: list[str] = []
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                workers = engine.wait_for_workers(client, len(works), wait)
+            except engine.ClusterError as exc:
+                after = (
+                    f"lost Dask worker(s) {', '.join(lost)} during distributed training, and " if lost else ""
+                )
+                raise engine.ClusterError(
+                    f"train: {after}{exc} (train.distributed_workers); no model written"
+                ) from None
+            rounds.run = f"{uuid.uuid4().hex}-{attempt}"
+            try:
+                with rabit_tracker(tracker_host(client), len(works)) as collective:
+                    calls = [(work, collective, rounds.run) for work in works]
+                    return engine.run_pinned(client, train_rank, calls, workers)
+            except engine.WorkerLost as exc:
+                lost += exc.addresses
+                log.warning(
+                    "lost Dask worker(s) %s (attempt %d of %d): training starts over", exc, attempt, attempts
+                )
+            except xgb.core.XGBoostError as exc:
+                raise engine.ClusterError(
+                    f"train: distributed training failed on the Dask cluster: {str(exc).splitlines()[0]}; "
+                    "no model written"
+                ) from None
+    finally:
+        rounds.close()
+    raise engine.ClusterError(
+        f"train: lost Dask worker(s) {', '.join(lost)}, one in each of {attempts} attempts of distributed training "
+        "(distributed.scheduler.allowed-failures + 1); no model written"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,20 +1,39 @@
 """The Dask engine: real `dask scheduler` and `dask worker` processes on 127.0.0.1 (and LocalClusters) driven
-through `dvc repro`; the same output bytes as the local engine; a worker killed mid-run; no leaked process."""
+through `dvc repro`; the same output bytes as the local engine; a worker killed mid-run; no leaked process.
+
+Workers are killed at points the tests choose, not after a sleep: a worker plugin (:class:`DieAt`) makes a worker
+SIGKILL itself the moment it reports a given event (a rank reading a partition, rank 0 finishing a round, a shard
+starting), so every run exercises the same moment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
+from distributed.diagnostics.plugin import WorkerPlugin
 
-from tests.conftest import ROOT, Repo, clone, lock_out_hashes, project_env, ran_stages, run, tree_hashes
+from tests.conftest import (
+    ROOT,
+    Repo,
+    clone,
+    deep_update,
+    lock_out_hashes,
+    project_env,
+    ran_stages,
+    run,
+    tree_hashes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +59,7 @@ class Cluster:
 
     def __init__(self, tmp: Path, n_workers: int) -> None:
         self.file = tmp / "scheduler.json"
-        self.env = project_env()
+        self.env = {**project_env(), "PYTHONPATH": str(ROOT)}  # workers unpickle this module's DieAt plugin
         self.scheduler = self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                      "--scheduler-file", str(self.file))  # fmt: skip
         self._wait(lambda: self.file.exists(), "the scheduler file")
@@ -170,20 +189,182 @@ def test_a_worker_killed_mid_featurize(cluster: Cluster, tmp_path: Path) -> None
     assert not list(tmp_path.glob(".dask.tmp-*"))
 
 
-def test_distributed_training_is_a_train_param_and_reproducible(
-    reproduced_repo: Repo, tmp_path: Path
-) -> None:
-    """train.distributed_workers: 2 trains with xgboost.dask on a LocalCluster of 2: only the model side reruns,
-    two runs give the same model bytes, and the model beats chance."""
-    repo = clone(reproduced_repo, tmp_path / "clone")
+@pytest.fixture(scope="module")
+def distributed_repo(reproduced_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """A clone with ``train.distributed_workers: 2`` and `dvc repro` done (on a LocalCluster of 2): its models are
+    the undisturbed run that runs on another cluster, with workers killed, must reproduce."""
+    repo = clone(reproduced_repo, tmp_path_factory.mktemp("distributed") / "clone")
     repo.set_params({"train": {"distributed_workers": 2}})
-    result = repo.dvc("repro")
-    assert ran_stages(result.stdout) == ["train", "evaluate", "predict"]
-    assert "(DaskQuantileDMatrix)" in result.stderr
+    repo.stages_ran = ran_stages(repo.dvc("repro").stdout)
+    return repo
+
+
+def test_distributed_training_is_a_train_param_and_reproducible(
+    reproduced_repo: Repo, distributed_repo: Repo
+) -> None:
+    """train.distributed_workers: 2 trains XGBoost's collective on a LocalCluster of 2: only the model side reruns,
+    two runs give the same model bytes, and the model beats chance."""
+    repo = distributed_repo
+    assert repo.stages_ran == ["train", "evaluate", "predict"]
     first = lock_out_hashes(repo)
     assert first["train:models"] != lock_out_hashes(reproduced_repo)["train:models"]  # another model
-    repo.dvc("repro", "--force", "train")
+    result = repo.dvc("repro", "--force", "train")
+    assert "(collective QuantileDMatrix)" in result.stderr
     assert lock_out_hashes(repo)["train:models"] == first["train:models"]
     metrics = json.loads(repo.read("metrics/evaluate.json"))
     summary = json.loads(repo.read("metrics/evaluate-summary.json"))
     assert metrics["score"] > 2 * summary["positives"] / summary["rows"], metrics
+
+
+@dataclass
+class DieAt(WorkerPlugin):
+    """Makes a worker SIGKILL itself the moment it reports an event of ``topic`` whose message has ``fields``
+    (:func:`stages.engine.report`): its worker process only (its nanny starts a new one), or with ``with_nanny``
+    its whole `dask worker` process group (nothing replaces it). With ``marker``, only the first worker to get
+    there dies (it creates the file); without, every one does."""
+
+    topic: str
+    fields: dict
+    with_nanny: bool
+    marker: str | None = None
+    name = "die-at"
+
+    def setup(self, worker) -> None:
+        send = worker.log_event
+
+        def log_event(topic, msg) -> None:
+            if topic == self.topic and self.fields.items() <= msg.items() and self.first():
+                os.killpg(0, signal.SIGKILL) if self.with_nanny else os.kill(os.getpid(), signal.SIGKILL)
+            send(topic, msg)
+
+        worker.log_event = log_event
+
+    def first(self) -> bool:
+        if self.marker is None:
+            return True
+        try:
+            Path(self.marker).touch(exist_ok=False)
+        except FileExistsError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def plugin(cluster: Cluster, die: DieAt):
+    from distributed import Client
+
+    with Client(cluster.address, timeout="30s") as client:
+        client.register_plugin(die)
+        try:
+            yield
+        finally:
+            client.unregister_worker_plugin(die.name)
+
+
+def worker_addresses(cluster: Cluster) -> list[str]:
+    from distributed import Client
+
+    with Client(cluster.address, timeout="30s") as client:
+        return sorted(client.scheduler_info()["workers"])
+
+
+def replace_dead_workers(cluster: Cluster, n: int) -> None:
+    for process in [p for p in cluster.workers if p.poll() is not None]:
+        cluster.workers.remove(process)
+    cluster.workers += [cluster.add_worker() for _ in range(n - len(cluster.workers))]
+    cluster.wait_for_workers(n)
+
+
+def train(repo: Repo, tmp_path: Path, cluster: Cluster, worker_wait: float) -> subprocess.CompletedProcess:
+    """`python -m stages.train` on the cluster with the repository's params and split and features, and
+    ``resources.worker_wait``; the models go to ``tmp_path / "models"``."""
+    params = deep_update(repo.params(), {"resources": {"worker_wait": worker_wait}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"),
+                           "--rows", str(repo.path / "data/split/train"), "--features", str(repo.path / "data/features/train"),
+                           "--models", str(tmp_path / "models"), "--live", str(tmp_path / "live")],
+                          cwd=ROOT, env=dask_env(cluster), capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and [line for line in lines if line.startswith("error:")] == lines[-1:], (
+        lines
+    )
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_a_worker_lost_while_partitions_are_built_is_replaced_and_training_starts_over(
+    distributed_repo: Repo, cluster: Cluster, tmp_path: Path
+) -> None:
+    """Rank 1's worker dies as it reads its first partition; its nanny starts a new worker (the run waits up to
+    resources.worker_wait for it), and training starts over on the two workers: the model of the undisturbed run
+    (a LocalCluster), byte for byte."""
+    from stages.train import TRAIN_EVENTS
+
+    died = tmp_path / "died"
+    with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 1, "side": "train", "partition": 0}, False, str(died))):
+        result = train(distributed_repo, tmp_path, cluster, worker_wait=300)
+    assert result.returncode == 0, result.stderr
+    assert died.exists() and "training starts over" in result.stderr
+    assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models")
+
+
+def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then_the_rerun_completes(
+    distributed_repo: Repo, reproduced_repo: Repo, cluster: Cluster, tmp_path: Path
+) -> None:
+    """Rank 0's worker and its nanny die after round 5 of 25: after resources.worker_wait (2 s) without a second
+    worker, one error line names the lost worker, and the models of an earlier run are untouched. With a new
+    worker, the rerun gives the undisturbed model."""
+    from stages.train import TRAIN_EVENTS
+
+    shutil.copytree(reproduced_repo.path / "models", tmp_path / "models")  # an earlier run's models
+    earlier = tree_hashes(tmp_path / "models")
+    rank0 = worker_addresses(cluster)[0]
+    with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 0, "round": 5}, True, str(tmp_path / "died"))):
+        error = one_error_line(train(distributed_repo, tmp_path, cluster, worker_wait=2))
+    assert f"lost Dask worker(s) {rank0} during distributed training" in error
+    assert "has 1 worker(s) after waiting 2 s (resources.worker_wait); 2 needed" in error
+    assert error.endswith("no model written")
+    assert tree_hashes(tmp_path / "models") == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["died", "models", "params.yaml", "scheduler.json"]
+
+    replace_dead_workers(cluster, 2)
+    rerun = train(distributed_repo, tmp_path, cluster, worker_wait=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models")
+
+
+def test_a_worker_lost_while_predicting(reproduced_repo: Repo, cluster: Cluster, tmp_path: Path) -> None:
+    """A worker that dies as it starts scoring a shard: the other scores it, and the submission is the local
+    engine's. Every worker dead: one error line after resources.worker_wait, no submission. Workers back: the
+    rerun completes."""
+    from stages.predict import PREDICT_EVENTS
+
+    params = deep_update(reproduced_repo.params(), {"resources": {"engine": "dask", "worker_wait": 2}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    repo = reproduced_repo.path
+
+    def predict() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stages.predict", "--params", str(tmp_path / "params.yaml"),
+                               "--models", str(repo / "models"), "--features", str(repo / "data/features/test"),
+                               "--rejects", str(repo / "data/features/test-rejects.csv"),
+                               "--output", str(tmp_path / "submission.csv")],
+                              cwd=ROOT, env=dask_env(cluster), capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    with plugin(cluster, DieAt(PREDICT_EVENTS, {}, True, str(tmp_path / "died"))):
+        result = predict()
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "died").exists()
+    assert (tmp_path / "submission.csv").read_bytes() == reproduced_repo.read("data/submission.csv")
+
+    (tmp_path / "submission.csv").unlink()
+    with plugin(cluster, DieAt(PREDICT_EVENTS, {}, True)):
+        error = one_error_line(predict())
+    assert "has had no workers for 2 s (resources.worker_wait)" in error
+    assert not list(tmp_path.glob("*submission*"))
+
+    replace_dead_workers(cluster, 2)
+    assert predict().returncode == 0
+    assert (tmp_path / "submission.csv").read_bytes() == reproduced_repo.read("data/submission.csv")

@@ -1,0 +1,68 @@
+"""Distributed training's plan and its rank, without a cluster: which rows each rank reads, and one rank of
+XGBoost's collective (in this process, with its tracker) against the single-machine model. Clusters, lost workers
+and determinism across runs: tests/e2e/test_dask.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import xgboost as xgb
+
+from stages import train
+from stages.io import list_shards
+from stages.model import load_model
+from stages.molecules import MoleculeStore
+from stages.params import threads
+from tests.conftest import MiniRun
+
+
+def test_share_out_gives_each_rank_a_contiguous_run_in_order():
+    assert train.share_out(list("abcde"), 2) == [("a", "b", "c"), ("d", "e")]  # i * 2 // 5: 0 0 0 1 1
+    assert train.share_out(list("abcd"), 4) == [("a",), ("b",), ("c",), ("d",)]
+    assert train.share_out(list("ab"), 3) == [("a",), ("b",), ()]  # i * 3 // 2: 0 1; rank 2 trains on nothing
+
+
+def test_partitions_cover_every_selected_row_once_in_the_local_order(mini_run: MiniRun):
+    """Read back partition by partition, the rows are those of the split read directly, in order: every protein's,
+    or one protein's."""
+    rows_dir = mini_run.split / "train"
+    every_row = pl.concat([pl.read_parquet(shard) for shard in list_shards(rows_dir)])
+    for protein in (None, "BRD4"):
+        selection = train.RowSelection(rule=None, part=train.FIT, protein=protein, rates=(), seed=0)
+        parts = train.partitions(rows_dir, 1000, selection)
+        read = pl.concat(train.PartitionSource(tuple(parts), selection, 0, "test").batches())
+        expected = every_row if protein is None else every_row.filter(pl.col("protein_name") == protein)
+        assert read.drop("weight").equals(expected)
+        one_by_one = [
+            len(pl.concat(train.PartitionSource((p,), selection, 0, "test").batches())) for p in parts
+        ]
+        assert [part.rows for part in parts] == one_by_one
+        assert all(part.stop - part.start <= 1000 for part in parts)
+    assert len(every_row) > 1000 and every_row["protein_name"].n_unique() == 3  # several batches, 3 proteins
+
+
+def test_one_rank_of_the_collective_trains_the_single_machine_model(mini_run: MiniRun, tmp_path: Path):
+    """A collective of one rank reads the same batches as the single-machine DataIter: the same model bytes. (Two
+    or more ranks give another model: the sketches and histograms are then sums over ranks.)"""
+    params = mini_run.params.model_copy(
+        update={"train": mini_run.params.train.model_copy(update={"distributed_workers": 1})}
+    )
+    local = load_model(mini_run.models)  # trained by train_model on one machine, with early stopping
+    booster_params = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params))).get_xgb_params()
+    store = MoleculeStore(mini_run.features)
+    rows_dir = mini_run.split / "train"
+    prep = train.fit_preprocessing(params, rows_dir, store)
+    selections = train.part_selections(params, prep, None)
+    assert set(selections) == {train.FIT, train.STOP_SHARE, train.STOP_UNSEEN}  # the early-stopping parts too
+    n_features = len(local.categories) + len(store.descriptors) + store.n_bits
+    setup = train.RankSetup(mini_run.features, prep.encoder, prep.scaler, booster_params, params, n_features)
+    (work,) = train.plan_ranks(params.train, rows_dir, setup, selections)
+    with train.rabit_tracker("127.0.0.1", 1) as collective:
+        result = train.train_rank(work, collective, "test")
+    result.booster.save_model(str(tmp_path / "model.json"))
+    assert (tmp_path / "model.json").read_bytes() == (mini_run.models / "model.json").read_bytes()
+    fit_rows = sum(
+        len(selections[train.FIT].apply(pl.read_parquet(shard))) for shard in list_shards(rows_dir)
+    )
+    assert result.rows == fit_rows
