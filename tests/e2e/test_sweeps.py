@@ -72,7 +72,13 @@ def test_a_queued_grid_runs_compares_and_the_best_is_applied(reproduced_repo: Re
     assert (repo.path / "models/manifest.json").exists()
     manifest = json.loads((repo.path / "models/manifest.json").read_text())
     assert manifest["model"] == params["train"]["model"]
-    # the model registry: DVC finds the model dvc.yaml declares as an artifact
+    # the model registry: commit the best, register a version of the model dvc.yaml declares (GTO's git tag, as
+    # `gto register` writes it), and DVC finds that version
+    repo.commit("the best of the sweep")
+    repo.git(
+        "tag", "-a", "belka-binding-model@v1.0.0", "-m", "Registering artifact belka-binding-model v1.0.0"
+    )
     shown = repo.run(sys.executable, "-c", "import dvc.api, json; "
                      "print(json.dumps(dvc.api.artifacts_show('belka-binding-model', repo='.')))").stdout  # fmt: skip
-    assert json.loads(shown)["path"] == "models", shown
+    head = repo.git("rev-parse", "HEAD").stdout.strip()
+    assert json.loads(shown) == {"rev": head, "path": "models"}, shown
