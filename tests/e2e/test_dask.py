@@ -304,7 +304,7 @@ def test_a_worker_lost_while_partitions_are_built_is_replaced_and_training_start
     from stages.train import TRAIN_EVENTS
 
     died = tmp_path / "died"
-    with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 1, "side": "train", "partition": 0}, False, str(died))):
+    with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 1, "side": "fit", "partition": 0}, False, str(died))):
         result = train(distributed_repo, tmp_path, cluster, worker_wait=300)
     assert result.returncode == 0, result.stderr
     assert died.exists() and "training starts over" in result.stderr
