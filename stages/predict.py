@@ -120,30 +120,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict",
         description=__doc__.split("\n\n")[0],
-        epilog="Pipeline: --features DIR --rejects CSV --output CSV. "
-        "On demand: --smiles S --protein P, or --input FILE --output CSV.",
+        epilog="On demand (--smiles S --protein P, or --input FILE --output CSV): the options of "
+        "python -m stages.serve, which this command runs when --features is not given.",
     )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--models", type=Path, required=True, help="the trained model's directory")
     parser.add_argument("--features", type=Path, help="featurize output of the test data")
     parser.add_argument("--rejects", type=Path, help="featurize's rejects of the test data")
-    parser.add_argument("--smiles", help="one molecule_smiles as BELKA writes it (with [Dy])")
-    parser.add_argument("--protein", help="the protein to score --smiles against (BRD4, HSA or sEH)")
-    parser.add_argument("--input", type=Path, help="parquet or CSV with molecule_smiles, protein_name[, id]")
-    parser.add_argument("--output", type=Path, help="the submission-format CSV to write (id,binds)")
+    parser.add_argument("--output", type=Path, help="the submission CSV to write (id,binds)")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    modes = [args.features is not None, args.smiles is not None, args.input is not None]
-    if sum(modes) != 1:
-        parser.error("give one of --features (pipeline), --smiles with --protein, or --input")
-    if (args.features or args.input) and not args.output:
-        parser.error("--features and --input need --output")
-    if args.smiles is not None and not args.protein:
-        parser.error("--smiles needs --protein")
-
-    if not args.features:  # on demand: stages.serve, imported only here (the pipeline stage never needs it)
+    args, on_demand = parser.parse_known_args(argv)
+    if (
+        args.features is None
+    ):  # on demand: stages.serve, imported only here (the pipeline stage never needs it)
         return importlib.import_module("stages.serve").main(argv)
+    if on_demand:
+        parser.error(f"unrecognized arguments with --features: {' '.join(on_demand)}")
+    if not args.output:
+        parser.error("--features needs --output")
+    setup_logging(args.verbose)
 
     def body() -> None:
         params = load_params(args.params)
