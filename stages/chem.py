@@ -130,6 +130,11 @@ class FingerprintConfig:
         """Bits stored a molecule: 0 for ``none``."""
         return 0 if self.type == "none" else self.n_bits
 
+    @property
+    def reads_stereo(self) -> bool:
+        """Whether the bits depend on stereo perception (CIP labels): only with ``chirality``."""
+        return self.type != "none" and self.chirality
+
     def spec(self) -> dict:
         """Only what shapes the bits: no radius for the path-based types, nothing but the type for ``none``."""
         if self.type == "none":
@@ -233,12 +238,25 @@ class FeatureBatch:
         )
 
 
-def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
-    """Parse a cleaned SMILES string with RDKit: ``(mol, None)`` or ``(None, reason)``; never raises."""
-    if (
-        "*" in cleaned_smiles
-    ):  # RDKit parses a wildcard atom (atomic number 0, no mass): a query, not a molecule
+def parse(cleaned_smiles: str, stereo: bool = True) -> tuple[Chem.Mol | None, str | None]:
+    """Parse a cleaned SMILES string: ``(mol, None)`` or ``(None, reason)``; never raises.
+
+    The molecule is RDKit's default parse (``Chem.MolFromSmiles``) as far as any feature can tell: the fast parse
+    (:func:`fast_parse`) where it is sure to be, else the default parse itself. ``stereo=False`` when the features
+    read no stereochemistry (no chirality in the fingerprint): the CIP labels are then not assigned.
+    """
+    if "*" in cleaned_smiles:  # RDKit parses a wildcard atom (atomic number 0, no mass): a query, not a molecule
         return None, "wildcard atom (*) in the SMILES: not a molecule"
+    mol = fast_parse(cleaned_smiles, stereo)
+    if mol is None:
+        return default_parse(cleaned_smiles)
+    if mol.GetNumAtoms() == 0:
+        return None, "RDKit could not parse the SMILES"
+    return mol, None
+
+
+def default_parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
+    """RDKit's default parse, ``Chem.MolFromSmiles``: ``(mol, None)`` or ``(None, reason)``; never raises."""
     try:
         mol = Chem.MolFromSmiles(cleaned_smiles)
     except Exception as exc:  # RDKit raises on some inputs (e.g. embedded NUL), returns None on most
@@ -246,6 +264,57 @@ def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
     if mol is None or mol.GetNumAtoms() == 0:
         return None, "RDKit could not parse the SMILES"
     return mol, None
+
+
+@functools.cache
+def _raw_parser() -> Chem.SmilesParserParams:
+    """SMILES parsing alone: no sanitization, no hydrogen removal, no stereo perception."""
+    params = Chem.SmilesParserParams()
+    params.sanitize = False
+    params.removeHs = False
+    return params
+
+
+# Where the fast parse cannot be sure, it leaves the molecule to the default parse: whitespace (a CXSMILES
+# extension or a name follows the SMILES, whose stereo and coordinates the default parse treats differently).
+_UNSURE = (" ", "\t", "|")
+# ... and, when stereochemistry is read, bond directions: the raw parse clears them before any perception.
+_UNSURE_WITH_STEREO = (*_UNSURE, "/", "\\")
+
+
+def fast_parse(cleaned_smiles: str, stereo: bool = True) -> Chem.Mol | None:
+    """``Chem.MolFromSmiles`` less the work no feature reads, or None where it cannot be sure (then parse with
+    :func:`default_parse`, which also gives the reason of an invalid molecule).
+
+    The default parse is three steps: parse, ``MolOps::removeHs`` (which ends in a full ``sanitizeMol``), and
+    ``assignStereochemistry(cleanIt, force, flagPossible)``. Here:
+
+    - the parse is the same parser, without its sanitization;
+    - ``sanitizeMol`` with every operation (``SANITIZE_ALL``: valence checks, SSSR, kekulization, radicals,
+      aromaticity, conjugation, hybridization, chirality clean-up, hydrogen adjustment), the same function the
+      default parse calls, so every molecule it accepts is perceived exactly as there, and every one it refuses
+      goes to the default parse;
+    - the hydrogen removal is skipped only when the molecule has no hydrogen atom (``[H]``, ``[2H]``): it then
+      removes nothing and amounts to that same ``sanitizeMol``;
+    - stereo perception (CIP labels, clean-up of chiral tags, double-bond E/Z) runs only when ``stereo``, with the
+      default parse's arguments. No descriptor reads it, and fingerprints only with ``chirality`` (tested on all
+      217 descriptors and every fingerprint setting, tests/test_parse_equivalence.py).
+
+    This costs about 0.75 of the default parse (most of the rest: stereo perception with ``flagPossible``, and the
+    extra pass of hydrogen removal); what is left is the sanitization, which also validates the molecule.
+    """
+    if any(mark in cleaned_smiles for mark in (_UNSURE_WITH_STEREO if stereo else _UNSURE)):
+        return None
+    try:
+        mol = Chem.MolFromSmiles(cleaned_smiles, _raw_parser())
+        if mol is None or mol.GetNumAtoms() != mol.GetNumHeavyAtoms():  # unparsable, or hydrogen atoms
+            return None
+        Chem.SanitizeMol(mol)
+        if stereo:
+            Chem.AssignStereochemistry(mol, cleanIt=True, force=True, flagPossibleStereoCenters=True)
+    except Exception:  # invalid (valence, kekulization...): the default parse gives the reason
+        return None
+    return mol
 
 
 def warm_up(config: FeatureConfig) -> None:
@@ -256,7 +325,8 @@ def warm_up(config: FeatureConfig) -> None:
 def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
     """RDKit features of cleaned SMILES strings: the configured descriptors and packed fingerprint bits.
 
-    A pure function of its arguments (strings in, arrays out), so it runs unchanged in a worker process.
+    A pure function of its arguments (strings in, arrays out), so it runs unchanged in a worker process. Each
+    molecule is parsed by :func:`parse`, which perceives stereochemistry only when the fingerprint reads it.
     """
     n = len(cleaned)
     functions = [descriptor_functions()[name] for name in config.descriptors]
@@ -264,8 +334,9 @@ def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
     fp = np.zeros((n, config.fp_bytes), dtype=np.uint8)
     reasons: list[str | None] = [None] * n
     generator = fingerprint_generator(config.fingerprint)
+    stereo = config.fingerprint.reads_stereo
     for i, smiles in enumerate(cleaned):
-        mol, reason = parse(smiles)
+        mol, reason = parse(smiles, stereo)
         if mol is None:
             reasons[i] = reason
             continue
