@@ -245,14 +245,12 @@ def parse(cleaned_smiles: str, stereo: bool = True) -> tuple[Chem.Mol | None, st
     (:func:`fast_parse`) where it is sure to be, else the default parse itself. ``stereo=False`` when the features
     read no stereochemistry (no chirality in the fingerprint): the CIP labels are then not assigned.
     """
-    if "*" in cleaned_smiles:  # RDKit parses a wildcard atom (atomic number 0, no mass): a query, not a molecule
+    if (
+        "*" in cleaned_smiles
+    ):  # RDKit parses a wildcard atom (atomic number 0, no mass): a query, not a molecule
         return None, "wildcard atom (*) in the SMILES: not a molecule"
     mol = fast_parse(cleaned_smiles, stereo)
-    if mol is None:
-        return default_parse(cleaned_smiles)
-    if mol.GetNumAtoms() == 0:
-        return None, "RDKit could not parse the SMILES"
-    return mol, None
+    return (mol, None) if mol is not None else default_parse(cleaned_smiles)
 
 
 def default_parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
@@ -307,8 +305,8 @@ def fast_parse(cleaned_smiles: str, stereo: bool = True) -> Chem.Mol | None:
         return None
     try:
         mol = Chem.MolFromSmiles(cleaned_smiles, _raw_parser())
-        if mol is None or mol.GetNumAtoms() != mol.GetNumHeavyAtoms():  # unparsable, or hydrogen atoms
-            return None
+        if mol is None or not mol.GetNumAtoms() or mol.GetNumAtoms() != mol.GetNumHeavyAtoms():
+            return None  # unparsable, empty, or with hydrogen (or wildcard) atoms
         Chem.SanitizeMol(mol)
         if stereo:
             Chem.AssignStereochemistry(mol, cleanIt=True, force=True, flagPossibleStereoCenters=True)
