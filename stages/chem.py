@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -274,10 +275,10 @@ def _raw_parser() -> Chem.SmilesParserParams:
 
 
 # Where the fast parse cannot be sure, it leaves the molecule to the default parse: whitespace (a CXSMILES
-# extension or a name follows the SMILES, whose stereo and coordinates the default parse treats differently).
-_UNSURE = (" ", "\t", "|")
+# extension or a name follows the SMILES, whose stereo and coordinates the default parse treats differently) ...
+_UNSURE = re.compile(r"[\s|]")
 # ... and, when stereochemistry is read, bond directions: the raw parse clears them before any perception.
-_UNSURE_WITH_STEREO = (*_UNSURE, "/", "\\")
+_UNSURE_WITH_STEREO = re.compile(r"[\s|/\\]")
 
 
 def fast_parse(cleaned_smiles: str, stereo: bool = True) -> Chem.Mol | None:
@@ -301,7 +302,7 @@ def fast_parse(cleaned_smiles: str, stereo: bool = True) -> Chem.Mol | None:
     This costs about 0.75 of the default parse (most of the rest: stereo perception with ``flagPossible``, and the
     extra pass of hydrogen removal); what is left is the sanitization, which also validates the molecule.
     """
-    if any(mark in cleaned_smiles for mark in (_UNSURE_WITH_STEREO if stereo else _UNSURE)):
+    if (_UNSURE_WITH_STEREO if stereo else _UNSURE).search(cleaned_smiles):
         return None
     try:
         mol = Chem.MolFromSmiles(cleaned_smiles, _raw_parser())

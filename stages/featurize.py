@@ -13,10 +13,10 @@ Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason
 exceed ``featurize.max_reject_fraction``.
 
 The input is streamed in batches of ``featurize.batch_rows``; memory is bounded by the batch size and the worker
-count, plus 8 bytes per unique molecule for the set of molecules already seen. Molecules computed before (by an
-earlier run, a killed run, or a run on fewer rows) are read from the feature cache (``resources.feature_cache``),
-keyed by the cleaned SMILES, the feature configuration, RDKit's version and this code, so only new molecules are
-computed. The output does not depend on what the cache held: a rerun is byte-identical to a run from scratch.
+count, plus 16 bytes per unique molecule for the set of molecules already seen (key and check hash, ``KeySet``).
+Molecules computed before (by an earlier run, a killed run, or a run on fewer rows) are read from the feature
+cache (``resources.feature_cache``), keyed by the cleaned SMILES and the feature spec (settings, RDKit's version,
+the feature version), so only new molecules are computed. The output does not depend on what the cache held: a rerun is byte-identical to a run from scratch.
 """
 
 from __future__ import annotations
