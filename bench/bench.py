@@ -640,6 +640,20 @@ def limit_section(runs: dict, sizes: list[int]) -> list[str]:
     return lines
 
 
+FEATURIZE_COLUMNS = ["seconds", "rows/s", "vs default ceiling", "vs fast ceiling", "CPU s (tree)",
+                     "per CPU-s vs fast ceiling", "load", "peak RSS (tree)"]  # fmt: skip
+
+
+def featurize_cells(rows: int, run: dict, ceiling_rows: dict[str, float], fast_cpu_rows: float) -> list[str]:
+    """A featurize run's figures (``FEATURIZE_COLUMNS``): ``ceiling_rows`` are the all-core rows/s of the default
+    and fast ceilings, ``fast_cpu_rows`` the fast ceiling's rows per CPU second of one core."""
+    rate = rows / run["seconds"]
+    return [f"{run['seconds']:.1f}", f"{rate:,.0f}", f"{rate / ceiling_rows['default']:.2f}",
+            f"{rate / ceiling_rows['fast']:.2f}", f"{run['cpu_seconds']:.0f}",
+            f"{rows / run['cpu_seconds'] / fast_cpu_rows:.2f}", f"{run['load']:.1f}",
+            f"{run['peak_rss'] / GB:.2f} GB"]  # fmt: skip
+
+
 def ceiling_line(name: str, what: str, ceiling: dict, cores: int, rows_per_molecule: float) -> str:
     rows = ceiling["molecules_per_s"] * rows_per_molecule * cores
     return (
@@ -696,19 +710,12 @@ def report(
     featurize_rows = []
     for size in sizes:
         r, f = runs[size], runs[size]["featurize"]
+        cells = featurize_cells(r["rows"], f, {"default": ceiling_rows, "fast": fast_rows}, ceiling_cpu_rows)
         rate = r["rows"] / f["seconds"]
-        cpu_ratio = r["rows"] / f["cpu_seconds"] / ceiling_cpu_rows
         featurize_rows.append(
-            [f"{r['rows']:,}", f"{r['molecules']:,}", f"{f['seconds']:.1f}", f"{rate:,.0f}",
-             f"{rate / ceiling_rows:.2f}", f"{rate / fast_rows:.2f}", f"{rate / naive_r['rows_per_s']:.1f}x",
-             f"{f['cpu_seconds']:.0f}",
-             f"{cpu_ratio:.2f}", f"{f['load']:.1f}", f"{f['peak_rss'] / GB:.2f} GB"]
-        )  # fmt: skip
-    lines += markdown_table(
-        ["rows", "molecules", "seconds", "rows/s", "vs default ceiling", "vs fast ceiling", "vs naive",
-         "CPU s (tree)", "per CPU-s vs fast ceiling", "load", "peak RSS (tree)"],
-        featurize_rows,
-    )  # fmt: skip
+            [f"{r['rows']:,}", f"{r['molecules']:,}", *cells, f"{rate / naive_r['rows_per_s']:.1f}x"]
+        )
+    lines += markdown_table(["rows", "molecules", *FEATURIZE_COLUMNS, "vs naive"], featurize_rows)
     appended = [s for s in sizes if "append" in runs[s]]
     if appended:
         lines += [

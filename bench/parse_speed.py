@@ -38,9 +38,10 @@ if str(ROOT) not in sys.path:
 from bench.bench import (  # noqa: E402
     BELKA_MOLECULES,
     BELKA_ROWS,
-    GB,
+    FEATURIZE_COLUMNS,
     ceilings,
     fastest,
+    featurize_cells,
     human,
     markdown_table,
     parse_size,
@@ -213,24 +214,18 @@ def report(args, measured: dict) -> str:
         "machine's mean 1-minute load average during the run.",
         "",
     ]
-    rows = []
-    for size in measured["featurize"]:
-        for code, run in size.runs.items():
-            rate = size.rows / run["seconds"]
-            per_cpu = (
-                size.rows / run["cpu_seconds"] / (ceiling["fast"]["molecules_per_cpu_s"] * rows_per_molecule)
-            )
-            rows.append(
-                [f"{size.rows:,}", f"{size.molecules:,}", code, f"{run['seconds']:.1f}", f"{rate:,.0f}",
-                 f"{rate / per_s['default']:.2f}", f"{rate / per_s['fast']:.2f}", f"{run['cpu_seconds']:.0f}",
-                 f"{per_cpu:.2f}", f"{run['load']:.1f}", f"{run['peak_rss'] / GB:.2f} GB"]
-            )  # fmt: skip
-    lines += markdown_table(
-        ["rows", "molecules", "code", "seconds", "rows/s", "vs default ceiling", "vs fast ceiling",
-         "CPU s (tree)", "per CPU-s vs fast ceiling", "load", "peak RSS (tree)"],
-        rows,
-        text_columns=0,
-    )  # fmt: skip
+    fast_cpu_rows = ceiling["fast"]["molecules_per_cpu_s"] * rows_per_molecule
+    rows = [
+        [
+            f"{size.rows:,}",
+            f"{size.molecules:,}",
+            code,
+            *featurize_cells(size.rows, run, per_s, fast_cpu_rows),
+        ]
+        for size in measured["featurize"]
+        for code, run in size.runs.items()
+    ]
+    lines += markdown_table(["rows", "molecules", "code", *FEATURIZE_COLUMNS], rows)
     largest = max(measured["featurize"], key=lambda size: size.rows)
     per_core = largest.rows / largest.runs[CURRENT]["seconds"] / cores
     default_core = per_s["default"] / cores
