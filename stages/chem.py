@@ -299,8 +299,9 @@ def fast_parse(cleaned_smiles: str, stereo: bool = True) -> Chem.Mol | None:
       default parse's arguments. No descriptor reads it, and fingerprints only with ``chirality`` (tested on all
       217 descriptors and every fingerprint setting, tests/test_parse_equivalence.py).
 
-    This costs about 0.75 of the default parse (most of the rest: stereo perception with ``flagPossible``, and the
-    extra pass of hydrogen removal); what is left is the sanitization, which also validates the molecule.
+    This is 0.78 of the default parse's instructions (``bench/instructions.py``): what it skips is stereo perception
+    with ``flagPossible`` and the extra hydrogen-removal pass; what is left is the parser and the sanitization,
+    which validates the molecule and decides its aromaticity (see bench/RESULTS.md for what skipping more costs).
     """
     if (_UNSURE_WITH_STEREO if stereo else _UNSURE).search(cleaned_smiles):
         return None
