@@ -185,29 +185,42 @@ def unique_cleaned(source: str, molecules: int, max_length: int) -> list[str]:
 CEILING_CHUNK = 500  # molecules timed at a time, alternating the two parses
 
 
+def alternating(work: dict[str, Callable[[list], object]], items: list, chunk: int = CEILING_CHUNK) -> dict:
+    """Seconds and CPU seconds of each of ``work``'s functions over ``items``, timed chunk by chunk with the
+    functions taking turns (and going first in turn), so a burst of load from other jobs hits them alike."""
+    totals = {name: [0.0, 0.0] for name in work}
+    for number, start in enumerate(range(0, len(items), chunk)):
+        part = items[start : start + chunk]
+        names = list(work) if number % 2 == 0 else list(reversed(work))
+        for name in names:
+            _, seconds, cpu = timed(lambda: work[name](part))  # noqa: B023
+            totals[name][0] += seconds
+            totals[name][1] += cpu
+    return {name: {"seconds": seconds, "cpu": cpu} for name, (seconds, cpu) in totals.items()}
+
+
 def ceilings(cleaned: list[str], config) -> dict[str, dict]:
     """The two RDKit ceilings on one core, on the same molecules: ``chem.featurize_smiles`` in a plain loop with
-    RDKit's default parse (``default``) and with the fast parse (``fast``). They alternate chunk by chunk (and
-    which goes first), so a burst of load from other jobs hits both alike."""
+    RDKit's default parse (``default``) and with the fast parse (``fast``), alternating chunk by chunk."""
     from stages import chem
 
     chem.featurize_smiles(cleaned[:50], config)  # warm up RDKit's lazy initialisation
-    totals = {"default": [0.0, 0.0], "fast": [0.0, 0.0]}
-    for number, start in enumerate(range(0, len(cleaned), CEILING_CHUNK)):
-        chunk = cleaned[start : start + CEILING_CHUNK]
-        for name in ("default", "fast") if number % 2 == 0 else ("fast", "default"):
-            _, seconds, cpu = timed(lambda: chem.featurize_smiles(chunk, config, fast=name == "fast"))  # noqa: B023
-            totals[name][0] += seconds
-            totals[name][1] += cpu
+    timing = alternating(
+        {
+            "default": lambda part: chem.featurize_smiles(part, config, fast=False),
+            "fast": lambda part: chem.featurize_smiles(part, config),
+        },
+        cleaned,
+    )
     return {
         name: {
             "molecules": len(cleaned),
-            "compute_seconds": seconds,
-            "compute_cpu": cpu,
-            "molecules_per_s": len(cleaned) / seconds,
-            "molecules_per_cpu_s": len(cleaned) / cpu,
+            "compute_seconds": t["seconds"],
+            "compute_cpu": t["cpu"],
+            "molecules_per_s": len(cleaned) / t["seconds"],
+            "molecules_per_cpu_s": len(cleaned) / t["cpu"],
         }
-        for name, (seconds, cpu) in totals.items()
+        for name, t in timing.items()
     }
 
 

@@ -39,6 +39,7 @@ from bench.bench import (  # noqa: E402
     BELKA_MOLECULES,
     BELKA_ROWS,
     FEATURIZE_COLUMNS,
+    alternating,
     ceilings,
     fastest,
     featurize_cells,
@@ -66,28 +67,31 @@ class SizeRuns:
 
 
 def molecule_costs(cleaned: list[str], config) -> dict[str, float]:
-    """Seconds a molecule on one core: each parse, then descriptors and fingerprint on the parsed molecules."""
+    """Seconds a molecule on one core: each parse (alternating chunk by chunk, each molecule dropped at once as in
+    featurize), then descriptors and fingerprint of the parsed molecules."""
     import numpy as np
 
     from stages import chem
 
     stereo = config.fingerprint.reads_stereo
-    _, default_s, _ = timed(lambda: [chem.default_parse(s)[0] for s in cleaned])
-    mols, fast_s, _ = timed(lambda: [chem.parse(s, stereo)[0] for s in cleaned])
-    mols = [m for m in mols if m is not None]
+    parses = alternating(
+        {
+            "default_parse": lambda part: [chem.default_parse(s) and None for s in part],
+            "fast_parse": lambda part: [chem.parse(s, stereo) and None for s in part],
+        },
+        cleaned,
+    )
+    mols = [mol for mol, _ in map(chem.default_parse, cleaned) if mol is not None]
     functions = [chem.descriptor_functions()[name] for name in config.descriptors]
     generator = chem.fingerprint_generator(config.fingerprint)
-    _, descriptors_s, _ = timed(lambda: [[f(m) for f in functions] for m in mols])
-    fingerprint_s = 0.0
+    work = {"descriptors": lambda part: [[f(m) for f in functions] for m in part]}
     if generator is not None:
-        _, fingerprint_s, _ = timed(lambda: [np.packbits(generator.GetFingerprintAsNumPy(m)) for m in mols])
-    n, parsed = len(cleaned), max(len(mols), 1)
-    return {
-        "default_parse": default_s / n,
-        "fast_parse": fast_s / n,
-        "descriptors": descriptors_s / parsed,
-        "fingerprint": fingerprint_s / parsed,
-    }
+        work["fingerprint"] = lambda part: [np.packbits(generator.GetFingerprintAsNumPy(m)) for m in part]
+    features = alternating(work, mols)
+    costs = {name: t["seconds"] / len(cleaned) for name, t in parses.items()}
+    costs.update({name: t["seconds"] / max(len(mols), 1) for name, t in features.items()})
+    costs.setdefault("fingerprint", 0.0)
+    return costs
 
 
 def client_costs(source: Path, params_file: Path) -> dict[str, float]:
