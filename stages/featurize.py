@@ -27,10 +27,10 @@ import math
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from stages import chem, engine
 from stages.cli import progress, run_main, setup_logging
@@ -53,6 +53,9 @@ from stages.io import (
 )
 from stages.molecules import CHECK, FeatureCache, cache_namespace, feature_frame, molecule_schema
 from stages.params import Params, feature_cache_dir, load_params, workers
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("stages.featurize")
 
