@@ -26,6 +26,7 @@ from rdkit.Chem import Descriptors, rdFingerprintGenerator
 from stages import chem
 from tests.conftest import ROOT, SHARED_SAMPLE
 from tests.test_golden import EDGE_CASES, generated_molecules
+from tests.test_properties import any_smiles
 
 DEFAULT_DESCRIPTORS = ("MolWt", "NumHDonors", "NumHAcceptors")
 ALL_DESCRIPTORS = tuple(name for name, _ in Descriptors._descList)
@@ -253,6 +254,14 @@ def test_composed_molecules_are_featurized_as_the_default_parse_would(smiles: li
     assert_identical(reference, ("TPSA", "Kappa2", "MaxPartialCharge", "NumAromaticRings", "RingCount"),
                      chem.FingerprintConfig("morgan", 2, 128, True))  # fmt: skip
     assert_identical(reference, (), chem.FingerprintConfig("atom_pair", 2, 128, True))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(any_smiles.filter(lambda s: s is not None), min_size=1, max_size=6))
+def test_any_string_is_parsed_or_rejected_as_the_default_parse_would(smiles: list[str]) -> None:
+    """Garbage, SMILES-like text, NUL bytes, stray [Dy] markers: the same features or the same reason."""
+    reference = Reference([s[:200] for s in smiles])  # RDKit on a 10,000-atom chain is slow, not wrong
+    assert_identical(reference, DEFAULT_DESCRIPTORS, chem.FingerprintConfig("morgan", 2, 64, True))
 
 
 # ---------------------------------------------------------------------------------------------- slow tier
