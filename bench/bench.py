@@ -98,12 +98,13 @@ class TreeRss:
         self.thread.join()
 
 
-def run_measured(args: list[str], log_path: Path) -> dict:
-    """Run a command; return wall seconds and the peak RSS of its process tree. Fails loudly on a non-zero exit."""
-    env = {**os.environ, "BELKA_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
+def run_measured(args: list[str], log_path: Path, root: Path = ROOT) -> dict:
+    """Run a command in ``root`` (the project's code: this checkout, or another commit's tree); return wall seconds
+    and the peak RSS of its process tree. Fails loudly on a non-zero exit."""
+    env = {**os.environ, "BELKA_PROGRESS": "1", "PYTHONPATH": str(root)}
     start = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
         with TreeRss(proc.pid) as rss:
             code = proc.wait()
     seconds = time.perf_counter() - start
@@ -170,46 +171,86 @@ def naive(source: str, rows: int, params_file: str) -> dict:
     }
 
 
-def ceiling(source: str, molecules: int, params_file: str) -> dict:
-    """RDKit's ceiling on one core: featurize_smiles on unique cleaned SMILES in a plain loop."""
+def unique_cleaned(source: str, molecules: int, max_length: int) -> list[str]:
+    """The first ``molecules`` distinct molecules of a BELKA-format file, cleaned as featurize cleans them."""
     import polars as pl
 
     from stages import chem
+
+    cleaned_expr, _ = chem.clean_smiles_expr(pl.col("molecule_smiles"), max_length)
+    unique = pl.scan_parquet(source).select("molecule_smiles").head(4 * molecules).unique(maintain_order=True)
+    return unique.head(molecules).select(cleaned_expr).collect().to_series().drop_nulls().to_list()
+
+
+CEILING_CHUNK = 500  # molecules timed at a time, alternating the two parses
+
+
+def alternating(work: dict[str, Callable[[list], object]], items: list, chunk: int = CEILING_CHUNK) -> dict:
+    """Seconds and CPU seconds of each of ``work``'s functions over ``items``, timed chunk by chunk with the
+    functions taking turns (and going first in turn), so a burst of load from other jobs hits them alike."""
+    totals = {name: [0.0, 0.0] for name in work}
+    for number, start in enumerate(range(0, len(items), chunk)):
+        part = items[start : start + chunk]
+        names = list(work) if number % 2 == 0 else list(reversed(work))
+        for name in names:
+            _, seconds, cpu = timed(lambda: work[name](part))  # noqa: B023
+            totals[name][0] += seconds
+            totals[name][1] += cpu
+    return {name: {"seconds": seconds, "cpu": cpu} for name, (seconds, cpu) in totals.items()}
+
+
+def ceilings(cleaned: list[str], config) -> dict[str, dict]:
+    """The two RDKit ceilings on one core, on the same molecules: ``chem.featurize_smiles`` in a plain loop with
+    RDKit's default parse (``default``) and with the fast parse (``fast``), alternating chunk by chunk."""
+    from stages import chem
+
+    chem.featurize_smiles(cleaned[:50], config)  # warm up RDKit's lazy initialisation
+    timing = alternating(
+        {
+            "default": lambda part: chem.featurize_smiles(part, config, fast=False),
+            "fast": lambda part: chem.featurize_smiles(part, config),
+        },
+        cleaned,
+    )
+    return {
+        name: {
+            "molecules": len(cleaned),
+            "compute_seconds": t["seconds"],
+            "compute_cpu": t["cpu"],
+            "molecules_per_s": len(cleaned) / t["seconds"],
+            "molecules_per_cpu_s": len(cleaned) / t["cpu"],
+        }
+        for name, t in timing.items()
+    }
+
+
+def ceiling(source: str, molecules: int, params_file: str) -> dict:
+    """RDKit's ceilings on one core (default and fast parse) on unique cleaned SMILES of the file."""
     from stages.featurize import feature_config
     from stages.params import load_params
 
     params = load_params(params_file)
-    cleaned_expr, _ = chem.clean_smiles_expr(pl.col("molecule_smiles"), params.featurize.max_smiles_length)
-    unique = pl.scan_parquet(source).select("molecule_smiles").head(4 * molecules).unique(maintain_order=True)
-    cleaned = unique.head(molecules).select(cleaned_expr).collect().to_series().drop_nulls().to_list()
-    config = feature_config(params)
-    chem.featurize_smiles(cleaned[:50], config)  # warm up RDKit's lazy initialisation
-    _, seconds, cpu = timed(lambda: chem.featurize_smiles(cleaned, config))
-    return {
-        "molecules": len(cleaned),
-        "compute_seconds": seconds,
-        "compute_cpu": cpu,
-        "molecules_per_s": len(cleaned) / seconds,
-        "molecules_per_cpu_s": len(cleaned) / cpu,
-    }
+    cleaned = unique_cleaned(source, molecules, params.featurize.max_smiles_length)
+    return ceilings(cleaned, feature_config(params))
 
 
 def limit(params_file: str, split_dir: str, features_dir: str, model_dir: str) -> dict:
-    """Train's limit: the same sampled rows and features as ``stages.train``, but as one in-memory numpy array
-    given straight to XGBoost (no data iterator, no batches). Same encoder/scaler fitting, same booster params,
-    rounds and per-round evals (train and the sampled valid part); the model is saved like train saves it."""
+    """Train's limit: the same sampled rows and features as ``stages.train`` (a joint model without early stopping,
+    as ``write_params`` sets it), but as one in-memory numpy array given straight to XGBoost (no data iterator, no
+    batches). Same encoder/scaler fitting, same booster params, rounds and per-round eval (the fit rows); the model
+    is saved like train saves it."""
     import polars as pl
     import xgboost as xgb
 
     from stages.io import BINDS, list_shards
-    from stages.model import design_matrix, save_model
+    from stages.model import JOINT, design_matrix, save_model
     from stages.molecules import MoleculeStore
     from stages.params import load_params, threads
-    from stages.train import fit_preprocessing, sample_rows
+    from stages.train import FIT, RowSelection, fit_preprocessing
 
     params = load_params(params_file)
-    settings = params.train
     store = MoleculeStore(Path(features_dir))
+    rows_dir = Path(split_dir) / "train"
     phases: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -219,28 +260,16 @@ def limit(params_file: str, split_dir: str, features_dir: str, model_dir: str) -
         phases[name] = now - clock
         clock = now
 
-    def sample(rows: pl.DataFrame) -> pl.DataFrame:
-        return sample_rows(rows, settings.negative_sample_rate, settings.seed)
-
-    def read_all(side: str) -> pl.DataFrame:
-        return pl.concat([pl.read_parquet(path) for path in list_shards(Path(split_dir) / side)])
-
-    train_rows = read_all("train")
-    encoder, scaler, _ = fit_preprocessing(lambda: iter([train_rows]), sample, store)  # one "batch": all rows
-    train_rows, valid_rows = sample(train_rows), sample(read_all("valid"))
+    prep = fit_preprocessing(params, rows_dir, store)
+    fit = RowSelection(None, FIT, None, tuple(sorted(prep.rates.items())), params.train.seed)
+    train_rows = fit.apply(pl.concat([pl.read_parquet(path) for path in list_shards(rows_dir)]))
     lap("rows")
-    x_train = design_matrix(train_rows, store, encoder, scaler)
-    x_valid = design_matrix(valid_rows, store, encoder, scaler)
+    x_train = design_matrix(train_rows, store, prep.encoder, prep.scaler)
     lap("matrix")
-
-    def quantised(x, rows: pl.DataFrame, ref=None) -> xgb.QuantileDMatrix:
-        label, weight = rows[BINDS].to_numpy().astype("float32"), rows["weight"].to_numpy()
-        return xgb.QuantileDMatrix(x, label=label, weight=weight, max_bin=params.xgb.max_bin, ref=ref)
-
-    dtrain = quantised(x_train, train_rows)
-    dvalid = quantised(x_valid, valid_rows, ref=dtrain)
-    matrix_bytes = x_train.nbytes + x_valid.nbytes
-    del x_train, x_valid  # the quantised matrices hold what boosting needs
+    label, weight = train_rows[BINDS].to_numpy().astype("float32"), train_rows["weight"].to_numpy()
+    dtrain = xgb.QuantileDMatrix(x_train, label=label, weight=weight, max_bin=params.xgb.max_bin)
+    matrix_bytes = x_train.nbytes
+    del x_train  # the quantised matrix holds what boosting needs
     lap("dmatrix")
     booster_params = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params))).get_xgb_params()
     evals: dict = {}
@@ -248,21 +277,20 @@ def limit(params_file: str, split_dir: str, features_dir: str, model_dir: str) -
         booster_params,
         dtrain,
         num_boost_round=params.xgb.n_estimators,
-        evals=[(dtrain, "train"), (dvalid, "valid")],
+        evals=[(dtrain, "train")],
         evals_result=evals,
         verbose_eval=False,
     )
     lap("boost")
-    save_model(Path(model_dir), encoder, scaler, booster, {"features": store.spec})
+    save_model(Path(model_dir), prep.encoder, prep.scaler, {JOINT: booster}, {"features": store.spec})
     lap("save")
     return {
         "rows": dtrain.num_row(),
         "features": dtrain.num_col(),
-        "valid_rows": dvalid.num_row(),
         "rounds": booster.num_boosted_rounds(),
         "matrix_bytes": matrix_bytes,
         "phases": phases,
-        "valid_metric": {name: values[-1] for name, values in evals["valid"].items()},
+        "train_metric": {name: values[-1] for name, values in evals["train"].items()},
     }
 
 
@@ -291,7 +319,7 @@ def agree(split_dir: str, features_dir: str, pipeline_dir: str, limit_dir: str, 
     for name, model in models.items():
         p = np.concatenate(scores[name])
         result[name] = {
-            "trees": model.booster.num_boosted_rounds(),
+            "trees": sum(booster.num_boosted_rounds() for booster in model.boosters.values()),
             "roc_auc": float(roc_auc_score(y, p)) if both_classes else None,
             "ap": float(average_precision_score(y, p)) if both_classes else None,
         }
@@ -310,6 +338,8 @@ def write_params(path: Path, args: argparse.Namespace, trees: int) -> Path:
     if args.batch_rows:
         params["featurize"]["batch_rows"] = args.batch_rows
     params["train"]["negative_sample_rate"] = args.negative_sample_rate
+    params["train"]["model"] = "joint"  # the in-memory limit trains the same joint model, every round
+    params["train"]["early_stopping"]["rounds"] = 0
     params["xgb"]["n_estimators"] = trees
     params["resources"]["threads"] = 0
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -408,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             naive_result, ceiling_result = n, c
             print(f"naive: {n['rows_per_s']:,.0f} rows/s on {n['rows']:,} rows", flush=True)
-            print(f"ceiling: {c['molecules_per_s']:,.0f} molecules/s on one core", flush=True)
+            print(
+                f"ceilings on one core: {c['default']['molecules_per_s']:,.0f} molecules/s (default parse), "
+                f"{c['fast']['molecules_per_s']:,.0f} (fast parse)",
+                flush=True,
+            )
 
         cache = work / f"cache-{tag}"
         out = work / f"features-{tag}"
@@ -449,14 +483,18 @@ def main(argv: list[str] | None = None) -> int:
                     str(params),
                     "--rows",
                     str(out / "rows"),
-                    "--output",
-                    str(split),
+                    "--train",
+                    str(split / "train"),
+                    "--valid",
+                    str(split / "valid"),
+                    "--summary",
+                    str(split / "summary.json"),
                 ],
                 cwd=ROOT,
                 check=True,
                 capture_output=True,
             )
-            train_cmd = [py, "-m", "stages.train", "--params", str(params), "--split", str(split)]
+            train_cmd = [py, "-m", "stages.train", "--params", str(params), "--rows", str(split / "train")]
             train_cmd += ["--features", str(out), "--models", str(work / f"models-{tag}")]
             train_cmd += ["--live", str(work / f"live-{tag}")]
             limit_dir = work / f"limit-model-{tag}"
@@ -468,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             train, lim = fastest(trains), fastest(limits)
             train["trees"] = trees
             # manifest.json's train_rows counts rows before negative sampling; train's log has the sampled rows
-            trained = re.search(r"trained on (\d+) rows", (logs / f"train-{tag}.log").read_text())
+            trained = re.search(r"model on (\d+) rows", (logs / f"train-{tag}.log").read_text())
             train["train_rows"] = int(trained.group(1)) if trained else None
             run["train"] = train
             print(
@@ -609,12 +647,40 @@ def limit_section(runs: dict, sizes: list[int]) -> list[str]:
     return lines
 
 
-def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits: int, batch_rows: int) -> str:
+FEATURIZE_COLUMNS = ["seconds", "rows/s", "vs default ceiling", "vs fast ceiling", "CPU s (tree)",
+                     "per CPU-s vs fast ceiling", "load", "peak RSS (tree)"]  # fmt: skip
+
+
+def featurize_cells(rows: int, run: dict, ceiling_rows: dict[str, float], fast_cpu_rows: float) -> list[str]:
+    """A featurize run's figures (``FEATURIZE_COLUMNS``): ``ceiling_rows`` are the all-core rows/s of the default
+    and fast ceilings, ``fast_cpu_rows`` the fast ceiling's rows per CPU second of one core."""
+    rate = rows / run["seconds"]
+    return [f"{run['seconds']:.1f}", f"{rate:,.0f}", f"{rate / ceiling_rows['default']:.2f}",
+            f"{rate / ceiling_rows['fast']:.2f}", f"{run['cpu_seconds']:.0f}",
+            f"{rows / run['cpu_seconds'] / fast_cpu_rows:.2f}", f"{run['load']:.1f}",
+            f"{run['peak_rss'] / GB:.2f} GB"]  # fmt: skip
+
+
+def ceiling_line(name: str, what: str, ceiling: dict, cores: int, rows_per_molecule: float) -> str:
+    rows = ceiling["molecules_per_s"] * rows_per_molecule * cores
+    return (
+        f"- {name}: `chem.featurize_smiles` with {what} on {ceiling['molecules']:,} unique cleaned SMILES in a "
+        f"plain loop: {ceiling['molecules_per_s']:,.0f} molecules/s on one core "
+        f"({1e6 / ceiling['molecules_per_s']:,.0f} us a molecule); x {cores} cores x {rows_per_molecule:.0f} rows "
+        f"a molecule = **{rows:,.0f} rows/s** ({ceiling['molecules_per_cpu_s']:,.0f} molecules per CPU second)."
+    )
+
+
+def report(
+    args, cores: int, runs: dict, naive_r: dict, ceilings_r: dict, n_bits: int, batch_rows: int
+) -> str:
     sizes = sorted(runs)
     small, large = runs[sizes[0]], runs[sizes[-1]]
     rows_per_molecule = small["rows"] / small["molecules"]
+    ceiling_r, fast_r = ceilings_r["default"], ceilings_r["fast"]
     ceiling_rows = ceiling_r["molecules_per_s"] * rows_per_molecule * cores
-    ceiling_cpu_rows = ceiling_r["molecules_per_cpu_s"] * rows_per_molecule
+    fast_rows = fast_r["molecules_per_s"] * rows_per_molecule * cores
+    ceiling_cpu_rows = fast_r["molecules_per_cpu_s"] * rows_per_molecule
     lines = [
         "# Benchmark: featurize and train at BELKA scale",
         "",
@@ -629,34 +695,34 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
         f"- naive: polars `map_elements` calling RDKit per row, one process, every row parsed: "
         f"**{naive_r['rows_per_s']:,.0f} rows/s** (timed on the first {naive_r['rows']:,} rows; "
         f"{naive_r['rows'] / naive_r['compute_cpu']:,.0f} rows per CPU second).",
-        f"- RDKit ceiling: `chem.featurize_smiles` on {ceiling_r['molecules']:,} unique cleaned SMILES in a plain "
-        f"loop: {ceiling_r['molecules_per_s']:,.0f} molecules/s on one core; x {cores} cores x "
-        f"{rows_per_molecule:.0f} rows a molecule = **{ceiling_rows:,.0f} rows/s** "
-        f"({ceiling_r['molecules_per_cpu_s']:,.0f} molecules per CPU second).",
+        ceiling_line(
+            "RDKit ceiling, default parse",
+            "`Chem.MolFromSmiles` (`fast=False`)",
+            ceiling_r,
+            cores,
+            rows_per_molecule,
+        ),
+        ceiling_line("RDKit ceiling, fast parse", "`chem.parse`", fast_r, cores, rows_per_molecule),
+        f"- The two alternate chunk by chunk in one process: the fast parse makes `featurize_smiles` "
+        f"{fast_r['molecules_per_s'] / ceiling_r['molecules_per_s']:.2f}x faster.",
         "",
         "## Featurize",
         "",
-        "`vs ceiling` compares wall-clock rows/s with the ceiling's; `per CPU-s vs ceiling` compares rows per CPU "
-        "second of the whole process tree with the ceiling's rows per CPU second of one core, which other jobs "
-        "on the machine do not distort (`load`: the machine's mean 1-minute load average during the run; "
-        f"{cores} means the cores were exactly busy).",
+        "`vs default ceiling` and `vs fast ceiling` compare wall-clock rows/s with each all-core ceiling's; "
+        "`per CPU-s vs fast ceiling` compares rows per CPU second of the whole process tree with the fast "
+        "ceiling's rows per CPU second of one core, which other jobs on the machine do not distort (`load`: the "
+        f"machine's mean 1-minute load average during the run; {cores} means the cores were exactly busy).",
         "",
     ]
     featurize_rows = []
     for size in sizes:
         r, f = runs[size], runs[size]["featurize"]
+        cells = featurize_cells(r["rows"], f, {"default": ceiling_rows, "fast": fast_rows}, ceiling_cpu_rows)
         rate = r["rows"] / f["seconds"]
-        cpu_ratio = r["rows"] / f["cpu_seconds"] / ceiling_cpu_rows
         featurize_rows.append(
-            [f"{r['rows']:,}", f"{r['molecules']:,}", f"{f['seconds']:.1f}", f"{rate:,.0f}",
-             f"{rate / ceiling_rows:.2f}", f"{rate / naive_r['rows_per_s']:.1f}x", f"{f['cpu_seconds']:.0f}",
-             f"{cpu_ratio:.2f}", f"{f['load']:.1f}", f"{f['peak_rss'] / GB:.2f} GB"]
-        )  # fmt: skip
-    lines += markdown_table(
-        ["rows", "molecules", "seconds", "rows/s", "vs ceiling", "vs naive", "CPU s (tree)",
-         "per CPU-s vs ceiling", "load", "peak RSS (tree)"],
-        featurize_rows,
-    )  # fmt: skip
+            [f"{r['rows']:,}", f"{r['molecules']:,}", *cells, f"{rate / naive_r['rows_per_s']:.1f}x"]
+        )
+    lines += markdown_table(["rows", "molecules", *FEATURIZE_COLUMNS, "vs naive"], featurize_rows)
     appended = [s for s in sizes if "append" in runs[s]]
     if appended:
         lines += [
@@ -708,8 +774,12 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
     def target(name: str, measured: str, met: bool) -> None:
         targets.append([name, measured, "yes" if met else "**no**"])
 
-    ratio = large_rate / ceiling_rows
-    target(f"featurize rows/s >= 0.8 x ceiling ({human(large['rows'])} rows)", f"{ratio:.2f}", ratio >= 0.8)
+    ratio = large_rate / fast_rows
+    target(
+        f"featurize rows/s >= 0.8 x fast ceiling ({human(large['rows'])} rows)", f"{ratio:.2f}", ratio >= 0.8
+    )
+    old = large_rate / ceiling_rows
+    target("featurize rows/s >= 1.3 x default-parse ceiling", f"{old:.2f}", old >= 1.3)
     cpu_ratio = large["rows"] / large["featurize"]["cpu_seconds"] / ceiling_cpu_rows
     target("... the same per CPU second (contention-free)", f"{cpu_ratio:.2f}", cpu_ratio >= 0.8)
     speedup = large_rate / naive_r["rows_per_s"]
@@ -752,11 +822,12 @@ def report(args, cores: int, runs: dict, naive_r: dict, ceiling_r: dict, n_bits:
         "",
         f"- featurize at {large_rate:,.0f} rows/s ({per_core:,.0f} rows/s a core): "
         f"{BELKA_ROWS / large_rate / 3600:.1f} h on these {cores} cores, "
-        f"{BELKA_ROWS / per_core / 32 / 3600:.1f} h on 32 cores, {BELKA_ROWS / per_core / 64 / 3600:.1f} h on 64.",
+        f"{BELKA_ROWS / per_core / 16 / 3600:.1f} h on 16 cores, {BELKA_ROWS / per_core / 32 / 3600:.1f} h on 32 "
+        "(linear in cores: the pipeline keeps every worker busy, but more than 2 cores were not measured).",
         f"- featurize memory: a batch of {batch_rows:,} rows and the pool are fixed; what grows is the set of "
-        f"molecules seen (8 B each: {BELKA_MOLECULES * 8 / GB:.1f} GB) and the feature-cache index (12 B each: "
-        f"{BELKA_MOLECULES * 12 / GB:.1f} GB, only when the cache holds them). Measured growth of peak RSS: "
-        f"{growth:.0f} B per extra molecule.",
+        f"molecules seen (16 B each, key and check hash: {BELKA_MOLECULES * 16 / GB:.2f} GB) and the "
+        f"feature-cache index (16 B each, key, part and row: {BELKA_MOLECULES * 16 / GB:.2f} GB, only when the "
+        f"cache holds them). Measured growth of peak RSS: {growth:.0f} B per extra molecule.",
         f"- features on disk: {BELKA_MOLECULES / 1e6:.0f}M molecules x {n_bits} bits packed = {fp_bytes} B each "
         f"= {BELKA_MOLECULES * fp_bytes / GB:.0f} GB (at 2048 bits: 256 B each = "
         f"{BELKA_MOLECULES * 256 / GB:.0f} GB), against {BELKA_ROWS * 2048 / GB:.0f} GB for one byte per bit per "

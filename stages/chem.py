@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -121,8 +122,19 @@ def fingerprint_generator(fingerprint: FingerprintConfig):
     return None
 
 
-def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
-    """Parse a cleaned SMILES string with RDKit: ``(mol, None)`` or ``(None, reason)``; never raises."""
+def parse(cleaned_smiles: str, stereo: bool = True) -> tuple[Chem.Mol | None, str | None]:
+    """Parse a cleaned SMILES string: ``(mol, None)`` or ``(None, reason)``; never raises.
+
+    The molecule is RDKit's default parse (:func:`default_parse`) as far as any feature can tell: the fast parse
+    (:func:`fast_parse`) where it is sure to be, else the default parse itself, which also gives the reasons.
+    ``stereo=False`` when the features read no stereochemistry (no chirality in the fingerprint).
+    """
+    mol = fast_parse(cleaned_smiles, stereo)
+    return (mol, None) if mol is not None else default_parse(cleaned_smiles)
+
+
+def default_parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
+    """RDKit's default parse, ``Chem.MolFromSmiles``: ``(mol, None)`` or ``(None, reason)``; never raises."""
     if (
         "*" in cleaned_smiles
     ):  # RDKit parses a wildcard atom (atomic number 0, no mass): a query, not a molecule
@@ -136,15 +148,70 @@ def parse(cleaned_smiles: str) -> tuple[Chem.Mol | None, str | None]:
     return mol, None
 
 
+@functools.cache
+def _raw_parser() -> Chem.SmilesParserParams:
+    """SMILES parsing alone: no sanitization, no hydrogen removal, no stereo perception."""
+    params = Chem.SmilesParserParams()
+    params.sanitize = False
+    params.removeHs = False
+    return params
+
+
+# Where the fast parse cannot be sure, it leaves the molecule to the default parse: whitespace (a CXSMILES
+# extension or a name follows the SMILES, whose stereo and coordinates the default parse treats differently) ...
+_UNSURE = re.compile(r"[\s|]")
+# ... and, when stereochemistry is read, bond directions: the raw parse clears them before any perception.
+_UNSURE_WITH_STEREO = re.compile(r"[\s|/\\]")
+
+
+def fast_parse(cleaned_smiles: str, stereo: bool = True) -> Chem.Mol | None:
+    """``Chem.MolFromSmiles`` less the work no feature reads, or None where it cannot be sure (then parse with
+    :func:`default_parse`, which also gives the reason of an invalid molecule).
+
+    The default parse is three steps: parse, ``MolOps::removeHs`` (which ends in a full ``sanitizeMol``), and
+    ``assignStereochemistry(cleanIt, force, flagPossible)``. Here:
+
+    - the parse is the same parser, without its sanitization;
+    - ``sanitizeMol`` with every operation (``SANITIZE_ALL``: valence checks, SSSR, kekulization, radicals,
+      aromaticity, conjugation, hybridization, chirality clean-up, hydrogen adjustment), the same function the
+      default parse calls, so every molecule it accepts is perceived exactly as there, and every one it refuses
+      goes to the default parse;
+    - the hydrogen removal is skipped only when the molecule has no hydrogen atom (``[H]``, ``[2H]``): it then
+      removes nothing and amounts to that same ``sanitizeMol``;
+    - stereo perception (CIP labels, clean-up of chiral tags, double-bond E/Z) runs only when ``stereo``, with the
+      default parse's arguments. No descriptor reads it, and fingerprints only with ``chirality`` (tested on all
+      217 descriptors and every fingerprint setting, tests/test_parse_equivalence.py).
+
+    This is 0.78 of the default parse's instructions (``bench/instructions.py``): what it skips is stereo perception
+    with ``flagPossible`` and the extra hydrogen-removal pass; what is left is the parser and the sanitization,
+    which validates the molecule and decides its aromaticity (see bench/RESULTS.md for what skipping more costs).
+    """
+    if (_UNSURE_WITH_STEREO if stereo else _UNSURE).search(cleaned_smiles):
+        return None
+    try:
+        mol = Chem.MolFromSmiles(cleaned_smiles, _raw_parser())
+        if mol is None or not mol.GetNumAtoms() or mol.GetNumAtoms() != mol.GetNumHeavyAtoms():
+            return None  # unparsable, empty, or with hydrogen (or wildcard) atoms
+        Chem.SanitizeMol(mol)
+        if stereo:
+            Chem.AssignStereochemistry(mol, cleanIt=True, force=True, flagPossibleStereoCenters=True)
+    except Exception:  # invalid (valence, kekulization...): the default parse gives the reason
+        return None
+    return mol
+
+
 def warm_up(config: FeatureConfig) -> None:
     """Load what featurizing needs (RDKit's modules, the fingerprint generator) in a fresh worker process."""
     featurize_smiles(["CC(=O)NCc1ccccc1"], config)
 
 
-def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
+def featurize_smiles(cleaned: list[str], config: FeatureConfig, fast: bool = True) -> FeatureBatch:
     """RDKit features of cleaned SMILES strings: the configured descriptors and packed fingerprint bits.
 
-    A pure function of its arguments (strings in, arrays out), so it runs unchanged in a worker process.
+    A pure function of its arguments (strings in, arrays out), so it runs unchanged in a worker process. Each
+    molecule is parsed by :func:`parse`, which perceives stereochemistry only when the fingerprint reads it;
+    ``fast=False`` parses every one with :func:`default_parse` instead, the same features the slow way (what the
+    benchmark's default-parse ceiling measures).
     """
     n = len(cleaned)
     functions = [descriptor_functions()[name] for name in config.descriptors]
@@ -152,8 +219,9 @@ def featurize_smiles(cleaned: list[str], config: FeatureConfig) -> FeatureBatch:
     fp = np.zeros((n, config.fp_bytes), dtype=np.uint8)
     reasons: list[str | None] = [None] * n
     generator = fingerprint_generator(config.fingerprint)
+    stereo = config.fingerprint.reads_stereo
     for i, smiles in enumerate(cleaned):
-        mol, reason = parse(smiles)
+        mol, reason = parse(smiles, stereo) if fast else default_parse(smiles)
         if mol is None:
             reasons[i] = reason
             continue

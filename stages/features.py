@@ -46,6 +46,11 @@ class FingerprintConfig:
         """Bits stored a molecule: 0 for ``none``."""
         return 0 if self.type == "none" else self.n_bits
 
+    @property
+    def reads_stereo(self) -> bool:
+        """Whether the bits depend on stereo perception (CIP labels): only with ``chirality``."""
+        return self.type != "none" and self.chirality
+
     def spec(self) -> dict:
         """Only what shapes the bits: no radius for the path-based types, nothing but the type for ``none``."""
         if self.type == "none":

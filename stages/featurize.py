@@ -15,10 +15,10 @@ building block, protein or label, a label that is not 0 or 1, a repeated id) sto
 (``io.check_raw_input``); one molecule and protein labelled both 0 and 1 stops it once the rows are written.
 
 The input is streamed in batches of ``featurize.batch_rows``; memory is bounded by the batch size and the worker
-count, plus 8 bytes per unique molecule for the set of molecules already seen. Molecules computed before (by an
-earlier run, a killed run, or a run on fewer rows) are read from the feature cache (``resources.feature_cache``),
-keyed by the cleaned SMILES, the feature configuration, RDKit's version and this code, so only new molecules are
-computed. The output does not depend on what the cache held: a rerun is byte-identical to a run from scratch.
+count, plus 16 bytes per unique molecule for the set of molecules already seen (key and check hash, ``KeySet``).
+Molecules computed before (by an earlier run, a killed run, or a run on fewer rows) are read from the feature
+cache (``resources.feature_cache``), keyed by the cleaned SMILES and the feature spec (settings, RDKit's version,
+the feature version), so only new molecules are computed. The output does not depend on what the cache held: a rerun is byte-identical to a run from scratch.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -55,6 +55,9 @@ from stages.io import (
 )
 from stages.molecules import CHECK, FeatureCache, cache_namespace, feature_frame, molecule_schema
 from stages.params import Params, feature_cache_dir, load_params, workers
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("stages.featurize")
 
@@ -237,6 +240,21 @@ def row_frame(valid: pl.DataFrame) -> pl.DataFrame:
 # ---------------------------------------------------------------------------------------------- workers
 
 
+@dataclass
+class PendingFeatures:
+    """Features of a batch's new molecules, being computed: the pool's futures of its chunks (joined in order),
+    or the molecules themselves when they are computed in this process, on demand."""
+
+    config: features.FeatureConfig
+    futures: list[Future] = field(default_factory=list)
+    in_process: list[str] = field(default_factory=list)
+
+    def result(self) -> features.FeatureBatch:
+        if not self.futures:
+            return chem.featurize_smiles(self.in_process, self.config)
+        return features.FeatureBatch.concat([future.result() for future in self.futures])
+
+
 class FeatureWorkers:
     """Maps :func:`chem.featurize_smiles` over chunks of a batch's new molecules through an executor (the local
     process pool or Dask's); the chunks' results are joined in submission order. Only strings go out and arrays
@@ -249,17 +267,17 @@ class FeatureWorkers:
     ) -> None:
         self.pool, self.n_workers, self.config, self.always = pool, n_workers, config, always
 
-    def submit(self, cleaned: list[str]) -> Callable[[], features.FeatureBatch]:
-        """Start computing; returns a function that waits for the result. The pool works on what was submitted
-        while the caller prepares or writes other batches, so it does not idle at batch boundaries."""
+    def submit(self, cleaned: list[str]) -> PendingFeatures:
+        """Start computing. The pool works on what was submitted while the caller prepares or writes other
+        batches, so it does not idle at batch boundaries."""
         if self.pool is None or not cleaned or (not self.always and len(cleaned) < self.SMALL):
-            return lambda: chem.featurize_smiles(cleaned, self.config)
+            return PendingFeatures(self.config, in_process=cleaned)
         size = max(250, math.ceil(len(cleaned) / (self.n_workers * 8)))
         futures = [
             self.pool.submit(chem.featurize_smiles, cleaned[i : i + size], self.config)
             for i in range(0, len(cleaned), size)
         ]
-        return lambda: features.FeatureBatch.concat([future.result() for future in futures])
+        return PendingFeatures(self.config, futures=futures)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -324,47 +342,25 @@ def _featurize(
 ) -> dict:
     config = opts.config
     seen = KeySet()
-    counts = Counts()
-    rejected_molecules = pl.DataFrame(schema={KEY: pl.Int64, "reason": pl.String})
-    all_rejects: list[pl.DataFrame] = []
     bar = progress(f"featurize {source}", total_rows)
     try:
         with atomic_dir(output) as tmp:
             (tmp / "rows").mkdir()
             (tmp / "molecules").mkdir()
-            pending = None  # the batch whose molecules the pool is computing
-
-            def finish(number: int, n_rows: int, valid: pl.DataFrame, rejects: pl.DataFrame, job) -> None:
-                nonlocal rejected_molecules
-                molecules, failed = _finish_molecules(job, cache, config, counts)
-                if len(failed):
-                    rejected_molecules = pl.concat([rejected_molecules, failed])
-                # Every row of a molecule RDKit rejected, in this batch or an earlier one: a molecule's rows can
-                # fall on both sides of a batch boundary.
-                bad = valid.join(rejected_molecules, on=KEY, how="inner")
-                if len(bad):
-                    rejects = pl.concat([rejects, bad.select(list(REJECT_SCHEMA))])
-                    valid = valid.join(rejected_molecules, on=KEY, how="anti")
-                if len(rejects):
-                    all_rejects.append(rejects.sort(ID))
-                write_parquet(row_frame(valid), tmp / "rows" / shard_name(number))
-                write_parquet(molecules, tmp / "molecules" / shard_name(number))
-                counts["rows"] += n_rows
-                counts["rejected_rows"] += len(rejects)
-                counts["molecules"] += len(molecules)
-                bar.update(n_rows)
-
+            run = RunState(tmp, cache, config, bar)
+            pending: PendingBatch | None = None  # the batch whose molecules the pool is computing
             for number, batch in enumerate(iter_raw_batches(source, opts.batch_rows, needs_binds)):
                 valid, rejects = clean_batch(batch, config.max_smiles_length)
-                job = _start_molecules(new_molecules(valid, seen), cache, pool)
+                job = start_molecules(new_molecules(valid, seen), cache, pool)
                 if pending is not None:
-                    finish(*pending)  # while the pool computes this batch's molecules
-                pending = (number, len(batch), valid, rejects, job)
+                    run.finish(pending)  # while the pool computes this batch's molecules
+                pending = PendingBatch(number, len(batch), valid, rejects, job)
             if pending is not None:
-                finish(*pending)
+                run.finish(pending)
             if needs_binds:
                 check_labels(tmp / "rows", str(source))
-            rejected = pl.concat(all_rejects).sort(ID) if all_rejects else pl.DataFrame(schema=REJECT_SCHEMA)
+            counts = run.counts
+            rejected = run.all_rejects()
             write_csv(rejected, rejects_path)
             _check_reject_fraction(source, rejects_path, rejected, counts, opts.max_reject_fraction)
             manifest = {
@@ -392,6 +388,77 @@ def _featurize(
     return counts
 
 
+@dataclass
+class MoleculeJob:
+    """The molecules first seen in one batch, on their way to features: those found in the feature cache, and
+    the computation of the others."""
+
+    keys: pl.DataFrame  # molecule_key of every new molecule, in order of first appearance
+    cached: pl.DataFrame  # the cache's rows for the ones it holds (key, check, features, reason)
+    found: np.ndarray  # bool per new molecule: held by the cache
+    computing: pl.DataFrame  # key, check of the others
+    features: PendingFeatures  # their features, being computed
+
+
+@dataclass
+class PendingBatch:
+    """A batch read and cleaned, waiting for its new molecules' features before its shards are written."""
+
+    number: int
+    rows: int  # input rows, rejected ones included
+    valid: pl.DataFrame
+    rejects: pl.DataFrame
+    job: MoleculeJob
+
+
+@dataclass
+class MoleculeShard:
+    """A batch's new molecules with features (written), and those RDKit rejected (key, reason)."""
+
+    molecules: pl.DataFrame
+    rejected: pl.DataFrame
+
+
+@dataclass
+class RunState:
+    """What a run carries from batch to batch while it writes the shards in order: the counts, the rejected rows
+    so far, and the molecules RDKit rejected (their rows in later batches are rejected too)."""
+
+    directory: Path  # the output being written (temporary until the run succeeds)
+    cache: FeatureCache
+    config: features.FeatureConfig
+    bar: tqdm  # progress, advanced by each batch's input rows
+    counts: Counts = field(default_factory=Counts)
+    rejected_molecules: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={KEY: pl.Int64, "reason": pl.String})
+    )
+    rejects: list[pl.DataFrame] = field(default_factory=list)
+
+    def finish(self, batch: PendingBatch) -> None:
+        """Wait for a batch's molecules, then write its rows shard and molecules shard."""
+        shard = finish_molecules(batch.job, self.cache, self.config, self.counts)
+        if len(shard.rejected):
+            self.rejected_molecules = pl.concat([self.rejected_molecules, shard.rejected])
+        # Every row of a molecule RDKit rejected, in this batch or an earlier one: a molecule's rows can fall on
+        # both sides of a batch boundary.
+        valid, rejects = batch.valid, batch.rejects
+        bad = valid.join(self.rejected_molecules, on=KEY, how="inner")
+        if len(bad):
+            rejects = pl.concat([rejects, bad.select(list(REJECT_SCHEMA))])
+            valid = valid.join(self.rejected_molecules, on=KEY, how="anti")
+        if len(rejects):
+            self.rejects.append(rejects.sort(ID))
+        write_parquet(row_frame(valid), self.directory / "rows" / shard_name(batch.number))
+        write_parquet(shard.molecules, self.directory / "molecules" / shard_name(batch.number))
+        self.counts["rows"] += batch.rows
+        self.counts["rejected_rows"] += len(rejects)
+        self.counts["molecules"] += len(shard.molecules)
+        self.bar.update(batch.rows)
+
+    def all_rejects(self) -> pl.DataFrame:
+        return pl.concat(self.rejects).sort(ID) if self.rejects else pl.DataFrame(schema=REJECT_SCHEMA)
+
+
 def _check_reject_fraction(
     source: Path, rejects_path: Path, rejected: pl.DataFrame, counts: Counts, limit: float
 ) -> None:
@@ -405,28 +472,34 @@ def _check_reject_fraction(
         )
 
 
-def _start_molecules(unique: pl.DataFrame, cache: FeatureCache, pool: FeatureWorkers) -> tuple:
+def start_molecules(unique: pl.DataFrame, cache: FeatureCache, pool: FeatureWorkers) -> MoleculeJob:
     """Look up a batch's new molecules in the cache; submit the rest to the pool."""
     cached, found = cache.lookup(unique)
     todo = unique.filter(pl.Series(~found))
-    return unique.select(KEY), cached, found, todo.select(KEY, CHECK), pool.submit(todo["cleaned"].to_list())
+    return MoleculeJob(
+        keys=unique.select(KEY),
+        cached=cached,
+        found=found,
+        computing=todo.select(KEY, CHECK),
+        features=pool.submit(todo["cleaned"].to_list()),
+    )
 
 
-def _finish_molecules(
-    job: tuple, cache: FeatureCache, config: features.FeatureConfig, counts: Counts
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def finish_molecules(
+    job: MoleculeJob, cache: FeatureCache, config: features.FeatureConfig, counts: Counts
+) -> MoleculeShard:
     """Features of the molecules first seen in a batch, in order of first appearance, and the rejected ones."""
-    unique, cached, found, todo, result = job
-    computed = feature_frame(todo, result(), config)
+    computed = feature_frame(job.computing, job.features.result(), config)
     cache.add(computed)
-    counts["unique"] += len(unique)
-    counts["reused"] += int(found.sum())
-    counts["computed"] += len(todo)
-    merged = unique.join(pl.concat([cached, computed]), on=KEY, how="left", maintain_order="left")
+    counts["unique"] += len(job.keys)
+    counts["reused"] += int(job.found.sum())
+    counts["computed"] += len(job.computing)
+    merged = job.keys.join(pl.concat([job.cached, computed]), on=KEY, how="left", maintain_order="left")
     failed = merged.filter(pl.col("reason").is_not_null()).select(KEY, "reason")
     counts["rejected_molecules"] += len(failed)
-    molecules = merged.filter(pl.col("reason").is_null()).drop("reason", CHECK)
-    return molecules, failed
+    return MoleculeShard(
+        molecules=merged.filter(pl.col("reason").is_null()).drop("reason", CHECK), rejected=failed
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

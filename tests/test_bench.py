@@ -60,7 +60,7 @@ def test_bench_small_run(tmp_path):
         "--results",
         str(results),
     ]
-    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     text = results.read_text()
     for heading in ("## Featurize", "## Appending 10%", "## Train", "## Targets", "## Projection"):
@@ -72,7 +72,25 @@ def test_bench_small_run(tmp_path):
     assert "9k rows, seconds of each run: train " in limit  # --train-repeats 2: both runs listed
     assert "| 9,000 | 3,000 |" in text
     assert "reused from the feature cache, 300 computed" in text
+    assert "RDKit ceiling, default parse" in text and "RDKit ceiling, fast parse" in text  # both ceilings
+    assert "vs default ceiling" in text and "on 16 cores" in text
     assert not (tmp_path / "work").exists()
+
+
+def test_parse_speed_bench_small_run(tmp_path):
+    """bench/parse_speed.py on tiny inputs, with the base commit's featurize alternated with the current one."""
+    results = tmp_path / "parse-speed.md"
+    command = [sys.executable, "bench/parse_speed.py", "--sizes", "3000,6000", "--ceiling-molecules", "200",
+               "--baseline", "HEAD", "--workdir", str(tmp_path), "--results", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = results.read_text()
+    assert re.search(r"\| default \| \d+ \|", text) and re.search(r"\| fast \| \d+ \|", text)
+    for size in ("3,000", "6,000"):
+        assert f"| {size} | " in text and text.count(f"| {size} | ") == 2  # the current code and HEAD's
+    assert "| read | clean and hash | new molecules |" in text  # featurize's own work, step by step
+    assert "h on 16, " in text
+    assert list(tmp_path.iterdir()) == [results]  # the work directory is gone
 
 
 def test_engines_bench_small_run(tmp_path):
