@@ -11,7 +11,6 @@ import xgboost as xgb
 
 from stages import train
 from stages.io import list_shards
-from stages.model import load_model
 from stages.molecules import MoleculeStore
 from stages.params import threads
 from tests.conftest import MiniRun
@@ -43,25 +42,33 @@ def test_partitions_cover_every_selected_row_once_in_the_local_order(mini_run: M
 
 
 def test_one_rank_of_the_collective_trains_the_single_machine_model(mini_run: MiniRun, tmp_path: Path):
-    """A collective of one rank reads the same batches as the single-machine DataIter: the same model bytes. (Two
-    or more ranks give another model: the sketches and histograms are then sums over ranks.)"""
-    params = mini_run.params.model_copy(
-        update={"train": mini_run.params.train.model_copy(update={"distributed_workers": 1})}
+    """A collective of one rank reads the same batches as the single-machine DataIter: the same model bytes, here
+    for one protein's booster with early stopping (its inner parts are matrices of the collective too). (Two or
+    more ranks give another model: the sketches and histograms are then sums over ranks.)"""
+    stopping = mini_run.params.train.early_stopping.model_copy(
+        update={"rounds": 3, "held_out_building_blocks": 0.2, "valid_fraction": 0.2}
     )
-    local = load_model(mini_run.models)  # trained by train_model on one machine, with early stopping
+    settings = mini_run.params.train.model_copy(update={"model": "per_protein", "early_stopping": stopping})
+    params = mini_run.params.model_copy(update={"train": settings})
+    rows_dir = mini_run.split / "train"
+    train.train_model(
+        params, rows_dir, mini_run.features, tmp_path / "local", tmp_path / "live"
+    )  # one machine
     booster_params = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params))).get_xgb_params()
     store = MoleculeStore(mini_run.features)
-    rows_dir = mini_run.split / "train"
     prep = train.fit_preprocessing(params, rows_dir, store)
-    selections = train.part_selections(params, prep, None)
+    selections = train.part_selections(params, prep, "BRD4")
     assert set(selections) == {train.FIT, train.STOP_SHARE, train.STOP_UNSEEN}  # the early-stopping parts too
-    n_features = len(local.categories) + len(store.descriptors) + store.n_bits
-    setup = train.RankSetup(mini_run.features, prep.encoder, prep.scaler, booster_params, params, n_features)
-    (work,) = train.plan_ranks(params.train, rows_dir, setup, selections)
+    n_features = len(store.descriptors) + store.n_bits  # a per-protein booster: no one-hot protein
+    setup = train.RankSetup(mini_run.features, None, prep.scaler, booster_params, params, n_features)
+    (work,) = train.plan_ranks(
+        settings.model_copy(update={"distributed_workers": 1}), rows_dir, setup, selections
+    )
     with train.rabit_tracker("127.0.0.1", 1) as collective:
         result = train.train_rank(work, collective, "test")
     result.booster.save_model(str(tmp_path / "model.json"))
-    assert (tmp_path / "model.json").read_bytes() == (mini_run.models / "model.json").read_bytes()
+    assert (tmp_path / "model.json").read_bytes() == (tmp_path / "local" / "model-BRD4.json").read_bytes()
+    assert result.best_iteration < result.rounds - 1  # it stopped early, and kept the best round's trees
     fit_rows = sum(
         len(selections[train.FIT].apply(pl.read_parquet(shard))) for shard in list_shards(rows_dir)
     )
