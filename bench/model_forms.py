@@ -31,7 +31,9 @@ from stages import engine, evaluate, featurize, generate, split, train  # noqa: 
 from stages.io import write_parquet  # noqa: E402
 from stages.params import parse_params, workers  # noqa: E402
 
-NO_EARLY_STOPPING_ROUNDS = 200  # the rounds a model without early stopping trains (the previous default)
+NO_EARLY_STOPPING_ROUNDS = 200  # the rounds a model without early stopping trains
+EARLY_STOPPING = {"rounds": 50, "held_out_building_blocks": 0.05, "valid_fraction": 0.05}  # patience, inner part
+EARLY_STOPPING_MAX_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ def params_for(base: dict, config: Config):
     raw["featurize"]["fingerprint"]["chirality"] = config.chirality
     raw["train"]["model"] = config.model
     raw["train"]["negatives_per_positive"] = config.negatives_per_positive
-    if not config.early_stopping:
+    if config.early_stopping:
+        raw["train"]["early_stopping"] = dict(EARLY_STOPPING)
+        raw["xgb"]["n_estimators"] = EARLY_STOPPING_MAX_ROUNDS
+    else:
         raw["train"]["early_stopping"]["rounds"] = 0
         raw["xgb"]["n_estimators"] = NO_EARLY_STOPPING_ROUNDS
     return parse_params(raw)
