@@ -42,7 +42,7 @@ def test_a_good_model_loads(models: Path) -> None:
     assert model.categories == ["BRD4", "HSA", "sEH"]
 
 
-@pytest.mark.parametrize("name", ["manifest.json", "encoder.json", "scaler.json", "model.json"])
+@pytest.mark.parametrize("name", ["manifest.json", "encoder.json", "scaler.json", "model-BRD4.json"])
 def test_missing_artifact(models: Path, name: str) -> None:
     (models / name).unlink()
     with pytest.raises(ArtifactError, match=rf"{re.escape(str(models / name))}: .*not found"):
@@ -70,7 +70,7 @@ def test_other_schema_version(models: Path, name: str) -> None:
     [
         ("scaler.json", lambda d: d["mean"].__setitem__(0, d["mean"][0] + 1.0)),
         ("encoder.json", lambda d: d["categories"].reverse()),
-        ("model.json", lambda d: d["learner"]["learner_model_param"].__setitem__("base_score", "5E-1")),
+        ("model-BRD4.json", lambda d: d["learner"]["learner_model_param"].__setitem__("base_score", "5E-1")),
     ],
 )
 def test_tampered_artifact(models: Path, name: str, change) -> None:

@@ -105,7 +105,7 @@ def test_early_stopping_stops_keeps_the_best_round_and_never_reads_the_valid_par
     stopping = mini_run.params.train.early_stopping.model_copy(
         update={"rounds": 3, "held_out_building_blocks": 0.2, "valid_fraction": 0.2}
     )
-    params = with_train(mini_run.params, early_stopping=stopping)
+    params = with_train(mini_run.params, model="joint", early_stopping=stopping)
     params = params.model_copy(update={"xgb": params.xgb.model_copy(update={"n_estimators": 300})})
     result = train_model(params, split / "train", mini_run.features, tmp_path / "models", tmp_path / "live")
     (best,) = result["best_iteration"].values()

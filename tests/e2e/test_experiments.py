@@ -8,14 +8,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from stages import generate
 from stages.params import parse_params
-from tests.conftest import Repo, make_repo, project_env, run
+from tests.conftest import Repo, make_repo, project_env, run, run_queue
 from tests.e2e.test_remote import featurized
 
 pytestmark = pytest.mark.slow
@@ -39,17 +38,7 @@ class Experiments:
     def run_queue(self) -> str:
         """Start one worker (it takes the queue in order) and wait until no task is queued or running; return the
         final `dvc queue status`."""
-        self.dvc("queue", "start", "--jobs", "1")
-        deadline = time.monotonic() + QUEUE_TIMEOUT_S
-        try:
-            while time.monotonic() < deadline:
-                status = self.dvc("queue", "status").stdout
-                if not re.search(r"\b(Queued|Running)\b", status):
-                    return status
-                time.sleep(1)
-            raise AssertionError(f"the queue did not finish in {QUEUE_TIMEOUT_S} s:\n{status}")
-        finally:
-            self.dvc("queue", "stop", "--kill", check=False)  # nothing to stop once the worker is done
+        return run_queue(self.dvc, QUEUE_TIMEOUT_S)
 
     def featurized(self, name: str, source: str) -> dict[str, int]:
         return featurized(self.dvc("queue", "logs", name).stdout, source)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import Repo, clone
+from tests.conftest import Repo, clone, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -18,24 +18,6 @@ pytestmark = pytest.mark.slow
 GRID = ["-S", "train.model=joint,per_protein", "-S", "xgb.max_depth=3"]
 SHOW = ["exp", "show", "--sort-by", "metrics/evaluate.json:score", "--sort-order", "desc",
         "--drop", ".*", "--keep", "Experiment|score$|share$|non_share$|train.model|max_depth"]  # fmt: skip
-
-
-def wait_for_queue(repo: Repo, expected: int, timeout: float = 900) -> list[str]:
-    """Poll `dvc queue status` until ``expected`` experiments have finished; their names. Its rows read
-    ``<task> <name> <created: one or more words> <status>``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = repo.dvc("queue", "status").stdout.splitlines()
-        rows = [line.split() for line in lines[1:] if line.strip() and not line.startswith("Worker")]
-        failed = [row for row in rows if row[-1] == "Failed"]
-        if failed:
-            logs = repo.dvc("queue", "logs", failed[0][1], check=False)
-            raise AssertionError("\n".join(lines) + "\n" + logs.stdout + logs.stderr)
-        done = [row[1] for row in rows if row[-1] == "Success"]
-        if len(done) >= expected and all(row[-1] == "Success" for row in rows):
-            return done
-        time.sleep(2)
-    raise AssertionError(f"the queue did not finish in {timeout} s:\n" + repo.dvc("queue", "status").stdout)
 
 
 def experiments(repo: Repo) -> dict[str, dict]:
@@ -55,10 +37,9 @@ def test_a_queued_grid_runs_compares_and_the_best_is_applied(reproduced_repo: Re
     repo = clone(reproduced_repo, tmp_path / "clone")
     queued = repo.dvc("exp", "run", "--queue", *GRID)
     assert queued.stdout.count("Queued experiment") == 2, queued.stdout
-    repo.dvc("queue", "start", "--jobs", "1")
-    names = wait_for_queue(repo, 2)
+    status = run_queue(repo.dvc, 900)
     found = experiments(repo)
-    assert set(names) <= set(found) and len(found) == 2, found
+    assert len(found) == 2 and all(re.search(rf"\b{name}\s.*Success", status) for name in found), status
     assert sorted(e["params"]["train"]["model"] for e in found.values()) == ["joint", "per_protein"]
     assert all(e["params"]["xgb"]["max_depth"] == 3 for e in found.values())
     table = repo.dvc(*SHOW).stdout
