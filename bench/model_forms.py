@@ -32,7 +32,11 @@ from stages.io import write_parquet  # noqa: E402
 from stages.params import parse_params, workers  # noqa: E402
 
 NO_EARLY_STOPPING_ROUNDS = 200  # the rounds a model without early stopping trains
-EARLY_STOPPING = {"rounds": 50, "held_out_building_blocks": 0.05, "valid_fraction": 0.05}  # patience, inner part
+EARLY_STOPPING = {
+    "rounds": 50,
+    "held_out_building_blocks": 0.05,
+    "valid_fraction": 0.05,
+}  # patience, inner part
 EARLY_STOPPING_MAX_ROUNDS = 1000
 
 

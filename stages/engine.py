@@ -35,6 +35,7 @@ log = logging.getLogger("stages.engine")
 
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 DEFAULT_WORKER_WAIT = 60.0  # seconds; resources.worker_wait
+CONNECT_SECONDS = 60  # how long a client tries to reach $DASK_SCHEDULER_ADDRESS
 POLL_SECONDS = 0.5  # how often a wait on the cluster looks at its workers
 LOSS_GRACE_SECONDS = 10.0  # after a pinned task fails, how long the scheduler gets to report a worker it lost
 
@@ -60,7 +61,11 @@ def dask_client(n_workers: int) -> Iterator:
     address = os.environ.get(SCHEDULER_VARIABLE)
     if address:
         log.info("dask: scheduler %s", address)
-        with Client(address, timeout="60s") as client:
+        try:
+            client = Client(address, timeout=f"{CONNECT_SECONDS}s")
+        except (ValueError, OSError) as exc:  # a malformed address; no scheduler there
+            raise ClusterError(f"${SCHEDULER_VARIABLE}={address!r}: no Dask scheduler reached: {exc}") from None
+        with client:
             yield client
         return
     log.info("dask: a LocalCluster of %d workers", n_workers)

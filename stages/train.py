@@ -701,7 +701,7 @@ def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
                     calls = [(work, collective, rounds.run) for work in works]
                     return engine.run_pinned(client, train_rank, calls, workers)
             except engine.WorkerLost as exc:
-                lost += exc.addresses
+                lost += [address for address in exc.addresses if address not in lost]
                 log.warning(
                     "lost Dask worker(s) %s (attempt %d of %d): training starts over", exc, attempt, attempts
                 )

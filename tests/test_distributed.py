@@ -4,16 +4,19 @@ and determinism across runs: tests/e2e/test_dask.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
 import xgboost as xgb
+import yaml
 
 from stages import train
 from stages.io import list_shards
 from stages.molecules import MoleculeStore
 from stages.params import threads
-from tests.conftest import MiniRun
+from tests.conftest import ROOT, MiniRun, project_env
 
 
 def test_share_out_gives_each_rank_a_contiguous_run_in_order():
@@ -73,3 +76,21 @@ def test_one_rank_of_the_collective_trains_the_single_machine_model(mini_run: Mi
         len(selections[train.FIT].apply(pl.read_parquet(shard))) for shard in list_shards(rows_dir)
     )
     assert result.rows == fit_rows
+
+
+def test_a_malformed_scheduler_address_is_one_error_line_and_no_model(mini_run: MiniRun, tmp_path: Path):
+    """$DASK_SCHEDULER_ADDRESS that Dask cannot parse: the stage says so in one line naming the variable."""
+    raw = mini_run.params.model_dump(mode="json")
+    raw["train"]["distributed_workers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"),
+                             "--rows", str(mini_run.split / "train"), "--features", str(mini_run.features),
+                             "--models", str(tmp_path / "models"), "--live", str(tmp_path / "live")],
+                            cwd=ROOT, env={**project_env(), "DASK_SCHEDULER_ADDRESS": "scheduler-without-port"},
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: $DASK_SCHEDULER_ADDRESS='scheduler-without-port': no Dask scheduler reached: "
+        "missing port number in address 'scheduler-without-port'"
+    )
+    assert not (tmp_path / "models").exists()

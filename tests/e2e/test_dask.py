@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -324,7 +325,10 @@ def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then
     rank0 = worker_addresses(cluster)[0]
     with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 0, "round": 5}, True, str(tmp_path / "died"))):
         error = one_error_line(train(distributed_repo, tmp_path, cluster, worker_wait=2))
-    assert f"lost Dask worker(s) {rank0} during distributed training" in error
+    # rank 0's worker; under load the other rank's can be lost too (its nanny replaces it) and is then named as well
+    named = re.search(r"lost Dask worker\(s\) (.+?) during distributed training", error)
+    lost = named.group(1).split(", ") if named else []
+    assert rank0 in lost and len(set(lost)) == len(lost), error  # each lost worker named once
     assert "has 1 worker(s) after waiting 2 s (resources.worker_wait); 2 needed" in error
     assert error.endswith("no model written")
     assert tree_hashes(tmp_path / "models") == earlier
