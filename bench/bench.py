@@ -42,6 +42,13 @@ BELKA_MOLECULES = 98_415_610
 GB = 1e9
 
 
+def publish(text: str, results: Path | None) -> None:
+    """Print a benchmark's report, and write it to ``results`` when given."""
+    print(text)
+    if results:
+        results.write_text(text)
+
+
 def parse_size(text: str) -> int:
     text = text.strip().upper()
     scale = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}.get(text[-1:], 1)
@@ -540,8 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     first.unlink()
 
     text = report(args, cores, runs, naive_result, ceiling_result, n_bits, batch_rows)
-    print(text)
-    args.results.write_text(text)
+    publish(text, args.results)
     if not args.keep:
         shutil.rmtree(work)
     return 0

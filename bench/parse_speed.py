@@ -46,6 +46,7 @@ from bench.bench import (  # noqa: E402
     human,
     markdown_table,
     parse_size,
+    publish,
     run_measured,
     timed,
     unique_cleaned,
@@ -296,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             measured["featurize"].append(SizeRuns(counts["rows"], counts["molecules"], best))
             source.unlink()
     text = report(args, measured)
-    print(text)
-    if args.results:
-        args.results.write_text(text)
+    publish(text, args.results)
     return 0
 
 

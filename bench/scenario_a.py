@@ -37,6 +37,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.bench import publish  # noqa: E402
+
 TRAIN = "data/generated/train.parquet"
 FEATURIZED = re.compile(
     r"(?P<source>\S+): \d+ rows, (?P<unique>\d+) unique molecules "
@@ -285,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         + table([base_run, nothing, warm, job, queued], nothing)
         + "\n"
     )
-    print(text)
-    if args.results:
-        args.results.write_text(text)
+    publish(text, args.results)
     return 0
 
 
