@@ -298,7 +298,11 @@ def gcl(
     timeout: int = 300,
 ) -> subprocess.CompletedProcess:
     """Run gitlab-ci-local in ``project``; jobs that install the project get ``job_bin`` (a layered_venv) first
-    on PATH and as the environment that `uv sync` fills, from uv's cache, offline."""
+    on PATH and as the environment that `uv sync` fills, from uv's cache, offline. The runner's volume is
+    ``runner-volume`` beside the project unless ``args`` set RUNNER_VOLUME: never the host's /belka-runner, whose
+    DVC run cache would outlive the test (a stage then restored from an earlier run's cache instead of run)."""
+    if not any(arg.startswith("--variable=RUNNER_VOLUME=") for arg in args):
+        args = (f"--variable=RUNNER_VOLUME={project.parent / 'runner-volume'}", *args)
     full_env = gcl_env()
     if job_bin is not None:
         full_env["PATH"] = f"{job_bin}{os.pathsep}{full_env['PATH']}"
