@@ -64,7 +64,9 @@ def dask_client(n_workers: int) -> Iterator:
         try:
             client = Client(address, timeout=f"{CONNECT_SECONDS}s")
         except (ValueError, OSError) as exc:  # a malformed address; no scheduler there
-            raise ClusterError(f"${SCHEDULER_VARIABLE}={address!r}: no Dask scheduler reached: {exc}") from None
+            raise ClusterError(
+                f"${SCHEDULER_VARIABLE}={address!r}: no Dask scheduler reached: {exc}"
+            ) from None
         with client:
             yield client
         return
