@@ -56,7 +56,7 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
     import polars as pl
     import pyarrow as pa
 
-    from stages.io import ArtifactError, InputError
+    from stages.io import ArtifactError, InputError, first_line
     from stages.params import ParamsError
 
     try:
@@ -72,9 +72,8 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
         return 1
     except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
         log.debug("failed", exc_info=True)
-        first_line = (str(exc).strip().splitlines() or [""])[0]
         print(
-            f"error: a data file could not be read: {type(exc).__name__}: {first_line} (-v shows where)",
+            f"error: a data file could not be read: {type(exc).__name__}: {first_line(exc)} (-v shows where)",
             file=sys.stderr,
         )
         return 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages.io import InputError, list_shards
+from stages.io import InputError, first_line, list_shards
 
 KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")
@@ -40,8 +40,11 @@ def read_rows(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
     try:
         return pl.read_parquet(path, columns=columns)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable rows shard ({reason}); dvc checkout or dvc repro") from None
+        raise unreadable_shard(path, exc) from None
+
+
+def unreadable_shard(path: Path, exc: Exception) -> InputError:
+    return InputError(f"{path}: not a readable rows shard ({first_line(exc)}); dvc checkout or dvc repro")
 
 
 def iter_row_batches(
@@ -61,5 +64,5 @@ def count_rows(rows_dir: Path) -> int:
         try:
             total += pl.scan_parquet(path).select(pl.len()).collect().item()
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise InputError(f"{path}: not a readable rows shard ({str(exc).splitlines()[0]})") from None
+            raise unreadable_shard(path, exc) from None
     return total

@@ -30,11 +30,12 @@ from multiprocessing import get_context
 from typing import Any
 
 from stages.io import InputError
+from stages.params import Resources
 
 log = logging.getLogger("stages.engine")
 
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
-DEFAULT_WORKER_WAIT = 60.0  # seconds; resources.worker_wait
+DEFAULT_WORKER_WAIT = Resources.model_fields["worker_wait"].default  # seconds, for callers without params
 CONNECT_SECONDS = 60  # how long a client tries to reach $DASK_SCHEDULER_ADDRESS
 POLL_SECONDS = 0.5  # how often a wait on the cluster looks at its workers
 LOSS_GRACE_SECONDS = 10.0  # after a pinned task fails, how long the scheduler gets to report a worker it lost

@@ -43,6 +43,13 @@ class InputError(ValueError):
     """An input file is missing, unreadable or not in the expected format; the message names file and column."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to many lines), or its type's name
+    when it has none: what a one-line error quotes."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
@@ -92,13 +99,18 @@ def _make_parent(path: Path) -> None:
         raise InputError(f"{blocker}: is a file, where a directory is needed to write {path}") from None
 
 
+def _fresh_tmp(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to this writer, once its directory exists and what dead writers
+    left there is removed."""
+    _make_parent(path)
+    remove_stale_tmp(path)
+    return _tmp_name(path)
+
+
 def scratch_dir(path: str | os.PathLike[str]) -> Path:
     """A new empty directory beside ``path``, named like an atomic write's temporary (unique to this writer);
     what dead writers left there is removed first. The caller removes it when done."""
-    path = Path(path)
-    _make_parent(path)
-    remove_stale_tmp(path)
-    tmp = _tmp_name(path)
+    tmp = _fresh_tmp(Path(path))
     tmp.mkdir()
     return tmp
 
@@ -109,9 +121,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a directory, where a file is to be written (choose a file name)")
-    _make_parent(path)
-    remove_stale_tmp(path)
-    tmp = _tmp_name(path)
+    tmp = _fresh_tmp(path)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -135,15 +145,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise InputError(
             f"{path}: is a file, where an output directory is to be written (remove it or choose another path)"
         )
-    _make_parent(path)
-    remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    tmp.mkdir()
+    tmp = scratch_dir(path)
     try:
         yield tmp
-        old = _tmp_name(
-            path
-        )  # the previous output, for a moment: a killed writer's is removed like a temporary
+        # the previous output, for a moment: a killed writer's is removed like a temporary
+        old = _tmp_name(path)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
@@ -446,8 +452,9 @@ def check_raw_input(raw: RawInput, needs_binds: bool) -> list[str]:
     problem found is one error naming the file, the column, the first offending id (or row) and how many rows
     have it. Last, ids must be unique across the files: a check in O(1) memory while they increase, else one
     sort of all ids."""
+    schemas = raw.schemas()
     columns: list[str] = []
-    for source, schema in raw.schemas():
+    for source, schema in schemas:
         columns = check_raw_schema(schema, source, needs_binds, text=raw.csv)
     order = IdOrder()
 
@@ -461,7 +468,7 @@ def check_raw_input(raw: RawInput, needs_binds: bool) -> list[str]:
                 order.rows += len(frame)
             yield frame
 
-    for index, (source, _) in enumerate(raw.schemas()):
+    for index, (source, _) in enumerate(schemas):
         to_read = raw.columns_to_check(index, columns)
         breach = first_breach(frames(index, to_read), raw_rules(to_read))
         if breach is not None:

@@ -25,7 +25,7 @@ import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages.features import spec_differences
-from stages.io import PROTEIN, ArtifactError, InputError, read_json, sha256_file, write_json
+from stages.io import PROTEIN, ArtifactError, InputError, first_line, read_json, sha256_file, write_json
 from stages.molecules import MoleculeStore, spec_is_complete
 
 SCHEMA_VERSION = 3
@@ -161,7 +161,8 @@ class Model:
         for booster in self.boosters.values():
             # keys f0, f1, ...: the booster has no feature names, the manifest has them in design-matrix order
             for key, gain in booster.get_score(importance_type="total_gain").items():
-                gains[names[int(key[1:])]] = gains.get(names[int(key[1:])], 0.0) + float(gain)
+                name = names[int(key[1:])]
+                gains[name] = gains.get(name, 0.0) + float(gain)
         return gains
 
 
@@ -249,8 +250,6 @@ def load_model(directory: Path) -> Model:
         try:
             booster.load_model(str(directory / name))
         except xgb.core.XGBoostError as exc:
-            raise ArtifactError(
-                f"{directory / name}: XGBoost cannot load it ({str(exc).splitlines()[0]})"
-            ) from None
+            raise ArtifactError(f"{directory / name}: XGBoost cannot load it ({first_line(exc)})") from None
         boosters[key] = booster
     return Model(encoder, scaler, boosters, manifest)

@@ -33,6 +33,7 @@ from stages.io import InputError, list_shards, manifest_version, write_parquet
 log = logging.getLogger("stages.molecules")
 T = TypeVar("T")
 
+RESTORE = "restore it (dvc checkout) or featurize again"  # what to do about a damaged part of an output
 CHECK = "check"  # 32 more bits of the molecule's hash, to detect two molecules with one key
 
 
@@ -181,18 +182,17 @@ class MoleculeStore:
         self.n_bits = features.FingerprintConfig.from_spec(self.spec["fingerprint"]).bits
         self.schema = molecule_schema(features.FeatureConfig.from_spec(self.spec))
         self.parts = list_shards(self.directory / "molecules")
-        hint = "restore it (dvc checkout) or featurize again"
         try:
             self.index = PartIndex(self.parts, self.schema)
         except InputError as exc:
-            raise InputError(f"{exc}; {hint}") from None
+            raise InputError(f"{exc}; {RESTORE}") from None
         self.cache = PartCache(self._load, keep_parts)
 
     def _load(self, number: int) -> MoleculePart:
         try:
             frame = read_part(self.parts[number], self.schema)
         except InputError as exc:
-            raise InputError(f"{exc}; restore it (dvc checkout) or featurize again") from None
+            raise InputError(f"{exc}; {RESTORE}") from None
         return MoleculePart(
             descriptors=frame.select(self.descriptors).to_numpy().astype(np.float64),
             fingerprints=binary_matrix(frame["fp"], self.n_bits // 8)

@@ -95,12 +95,13 @@ def score_rows(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(``id,binds`` for every row, the rejected rows with their reason): featurized by the featurize stage's code
     with the model's feature settings, scored by :func:`predict_file`. ``source`` names the rows in errors."""
-    cached_model(model_dir).check_proteins(
-        raw[PROTEIN], source
-    )  # before featurizing, naming the user's input
-    spec = cached_model(model_dir).feature_spec
+    model = cached_model(model_dir)
+    model.check_proteins(raw[PROTEIN], source)  # before featurizing, naming the user's input
     options = featurize.Options(
-        config=FeatureConfig.from_spec(spec), batch_rows=batch_rows, workers=n_workers, cache_dir=None
+        config=FeatureConfig.from_spec(model.feature_spec),
+        batch_rows=batch_rows,
+        workers=n_workers,
+        cache_dir=None,
     )
     with tempfile.TemporaryDirectory(prefix="belka-score-") as tmp:
         raw_file, features, rejects = (

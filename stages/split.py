@@ -137,13 +137,10 @@ def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
             where = assign(rows, rule)
             rows = rows.with_columns(pl.Series(UNSEEN, where.unseen, dtype=pl.Int8))
             held = pl.Series(where.held)
-            for side, part, tmp in (
-                ("train", rows.filter(~held), train_tmp),
-                ("valid", rows.filter(held), valid_tmp),
-            ):
+            valid = rows.filter(held)
+            for side, part, tmp in (("train", rows.filter(~held), train_tmp), ("valid", valid, valid_tmp)):
                 write_parquet(part, tmp / shard_name(number))
                 counts[side].add(part)
-            valid = rows.filter(held)
             for unseen, group in GROUP_OF_UNSEEN.items():
                 by_group[group].add(valid.filter(pl.col(UNSEEN) == unseen))
         for side, part in counts.items():

@@ -44,7 +44,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, iter_row_batches, read_rows
-from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, list_shards, scratch_dir
+from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, first_line, list_shards, scratch_dir
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
 from stages.params import Params, Train, external_memory_dir, load_params, threads
@@ -198,9 +198,9 @@ class Preprocessing:
 
 
 def fit_preprocessing(params: Params, rows_dir: Path, store: MoleculeStore) -> Preprocessing:
-    """Streaming passes over the training rows: the labels (base rates before any sampling, the fit part's counts
-    that set the negative rates, then what sampling keeps), then the scaler on the sampled fit rows the model trains
-    on."""
+    """Two streaming passes over the training rows: the labels (base rates before any sampling, and the fit part's
+    counts that set the negative rates), then what sampling keeps, with the scaler fitted on the sampled fit rows
+    the model trains on."""
     rule, seed = inner_rule(params), params.train.seed
     counts = LabelCounts()
     for rows in iter_row_batches(rows_dir, params.train.batch_rows, columns=LABEL_COLUMNS):
@@ -213,15 +213,16 @@ def fit_preprocessing(params: Params, rows_dir: Path, store: MoleculeStore) -> P
         )
     rates = negative_rates(params, counts)
     kept = LabelCounts()
+    scaler = StandardScaler()
     for rows in iter_row_batches(rows_dir, params.train.batch_rows, columns=LABEL_COLUMNS):
         sampled = sample_rows(rows, rates, seed)
-        kept.add(sampled, part_of(sampled, rule))
-    scaler = StandardScaler()
-    if store.descriptors:
-        fit = RowSelection(rule, FIT, None, tuple(sorted(rates.items())), seed)
-        for rows in RowSource(rows_dir, params.train.batch_rows, fit).batches():
-            scaler.partial_fit(store.lookup(rows[KEY].to_numpy()).descriptors)
-    else:  # fingerprint only: nothing to scale
+        parts = part_of(sampled, rule)
+        kept.add(sampled, parts)
+        # the rows the fit matrix holds (RowSelection(rule, FIT, ...)), in order: what the scaler is fitted on
+        fit_keys = sampled[KEY].to_numpy()[parts == FIT]
+        if store.descriptors and len(fit_keys):
+            scaler.partial_fit(store.lookup(fit_keys).descriptors)
+    if not store.descriptors:  # fingerprint only: nothing to scale
         scaler.mean_ = scaler.scale_ = scaler.var_ = np.empty(0)
         scaler.n_samples_seen_ = 0
     categories = counts.proteins
@@ -707,7 +708,7 @@ def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
                 )
             except xgb.core.XGBoostError as exc:
                 raise engine.ClusterError(
-                    f"train: distributed training failed on the Dask cluster: {str(exc).splitlines()[0]}; "
+                    f"train: distributed training failed on the Dask cluster: {first_line(exc)}; "
                     "no model written"
                 ) from None
     finally:
