@@ -81,16 +81,15 @@ def figure(metrics: dict, summary: dict, name: str) -> str:
 def run(base: dict, raw_train: Path, work: Path, configs: list[Config]) -> list[dict]:
     results = []
     cache = work / "cache"
-    for chirality in sorted({c.chirality for c in configs}):
+    parts = split.SplitOutput.under(work / "split")
+    for number, chirality in enumerate(sorted({c.chirality for c in configs})):
         featured = params_for(base, Config("joint", True, chirality))
         features = work / f"features-chirality-{chirality}"
         started = time.perf_counter()
         featurize.featurize_file(raw_train, features, work / "rejects.csv", featured, True, cache)
         print(f"featurized (chirality {chirality}) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        parts = split.SplitOutput.under(work / "split")
-        split.split_rows(
-            features / "rows", parts, featured.split
-        )  # the rows do not depend on the fingerprint
+        if number == 0:  # split once: the rows do not depend on the fingerprint
+            split.split_rows(features / "rows", parts, featured.split)
         for config in (c for c in configs if c.chirality == chirality):
             params = params_for(base, config)
             models, out = work / "models", work / "out"

@@ -39,6 +39,7 @@ from bench.bench import (  # noqa: E402
     BELKA_MOLECULES,
     BELKA_ROWS,
     FEATURIZE_COLUMNS,
+    all_core_rows,
     alternating,
     ceilings,
     fastest,
@@ -168,7 +169,7 @@ def write_params(path: Path, workers: int) -> Path:
 def report(args, measured: dict) -> str:
     cores, rows_per_molecule = args.workers, 3
     ceiling = measured["ceilings"]
-    per_s = {name: c["molecules_per_s"] * rows_per_molecule * cores for name, c in ceiling.items()}
+    per_s = all_core_rows(ceiling, rows_per_molecule, cores)
     costs, client = measured["molecule_costs"], measured["client"]
     us = {name: 1e6 / c["molecules_per_s"] for name, c in ceiling.items()}
     lines = [

@@ -133,14 +133,12 @@ def make_origin(bench: Bench, train_molecules: int | None) -> tuple[Path, int]:
     for name in project_files():
         (origin / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, origin / name)
-    params = yaml.safe_load((origin / "params.yaml").read_text())
     if train_molecules:
-        params["generate"]["train_molecules"] = train_molecules
-        (origin / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        set_train_molecules(origin, train_molecules)
     bench.git(origin, "init", "-q", "-b", "main")
     bench.git(origin, "add", "-A")
     bench.git(origin, "commit", "-q", "-m", "base")
-    return origin, params["generate"]["train_molecules"]
+    return origin, yaml.safe_load((origin / "params.yaml").read_text())["generate"]["train_molecules"]
 
 
 def set_train_molecules(repo: Path, molecules: int) -> None:
@@ -158,7 +156,8 @@ def clone(bench: Bench, origin: Path, name: str) -> Path:
     return target
 
 
-def featurize_appended(bench: Bench, repo: Path, *dvc_args: str, **env: str) -> tuple[dict[str, int], float]:
+def featurize_train(bench: Bench, repo: Path, *dvc_args: str, **env: str) -> tuple[dict[str, int], float]:
+    """`dvc repro` of ``dvc_args`` in ``repo``: featurize@train's counts and seconds."""
     mark = bench.timing_mark()
     log = bench.dvc(repo, "repro", *dvc_args, **env)
     return counts_of(log), bench.train_seconds(mark)
@@ -169,14 +168,13 @@ def warm_workspace(bench: Bench, origin: Path, appended: int) -> tuple[Featurize
     both, and a copy of the user-level cache as the base run left it (for the queued experiment)."""
     workspace = clone(bench, origin, "workspace")
     user_cache = {"XDG_CACHE_HOME": str(bench.work / "workspace-user-cache")}
-    mark = bench.timing_mark()
-    base = counts_of(bench.dvc(workspace, "repro", "featurize@train", "featurize@test", **user_cache))
-    base_run = Featurized("from nothing, base data", "empty", **base, seconds=bench.train_seconds(mark))
+    counts, seconds = featurize_train(bench, workspace, "featurize@train", "featurize@test", **user_cache)
+    base_run = Featurized("from nothing, base data", "empty", **counts, seconds=seconds)
     snapshot = bench.work / "base-user-cache"
     shutil.copytree(bench.work / "workspace-user-cache", snapshot)
 
     set_train_molecules(workspace, appended)
-    counts, seconds = featurize_appended(bench, workspace, "featurize@train", **user_cache)
+    counts, seconds = featurize_train(bench, workspace, "featurize@train", **user_cache)
     warm = Featurized("warm workspace", "the user's cache directory", **counts, seconds=seconds)
     return base_run, warm, snapshot
 
@@ -185,7 +183,7 @@ def from_nothing(bench: Bench, origin: Path, appended: int) -> Featurized:
     repo = clone(bench, origin, "from-nothing")
     set_train_molecules(repo, appended)
     empty = bench.work / "empty-feature-cache"
-    counts, seconds = featurize_appended(bench, repo, "featurize@train", BELKA_FEATURE_CACHE=str(empty))
+    counts, seconds = featurize_train(bench, repo, "featurize@train", BELKA_FEATURE_CACHE=str(empty))
     return Featurized("from nothing, appended data", "empty", **counts, seconds=seconds)
 
 
@@ -203,7 +201,7 @@ def ci_job(bench: Bench, origin: Path, appended: int) -> Featurized:
     second = clone(bench, origin, "ci-job-2")
     bench.git(second, "clean", "-q", "-ffdx")
     bench.run(["sh", "ci/runner_volume.sh"], second, **job_env)
-    counts, seconds = featurize_appended(bench, second, "featurize@train", **job_env)
+    counts, seconds = featurize_train(bench, second, "featurize@train", **job_env)
     return Featurized("CI job, cleaned clone", "the runner's volume", **counts, seconds=seconds)
 
 

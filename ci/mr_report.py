@@ -127,9 +127,13 @@ class Evaluation:
         except json.JSONDecodeError as error:
             raise ReportError(f"{metrics_path} or {summary_path} is not evaluate's JSON: {error}") from None
 
+    def interval(self, name: str) -> list[float] | None:
+        """The bootstrap 95% interval of a figure, [low, high], if evaluate gave one."""
+        return self.summary.get("bootstrap", {}).get(name)
+
     def figure(self, name: str) -> str:
         value = self.metrics.get(name)
-        interval = self.summary.get("bootstrap", {}).get(name)
+        interval = self.interval(name)
         if value is None:
             return "-"
         return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else f"{value:.4f}"
@@ -152,8 +156,8 @@ def uncertainty_section(
         change = ""
         if base is not None and name in head.metrics and name in base.metrics:
             delta = head.metrics[name] - base.metrics[name]
-            low, high = head.summary.get("bootstrap", {}).get(name, [None, None])
-            inside = low is not None and low <= base.metrics[name] <= high
+            interval = head.interval(name)
+            inside = interval is not None and interval[0] <= base.metrics[name] <= interval[1]
             change = f"{delta:+.4f}" + (" (inside the interval: not distinguishable)" if inside else "")
         lines.append(f"| {name} | {head.figure(name)} | {base.figure(name) if base else '-'} | {change} |")
     few = head.summary.get("pairs_with_few_positives") or []
