@@ -402,11 +402,10 @@ def test_null_binds_in_test_data_are_not_read(ws: Workspace) -> None:
 
 
 def test_a_null_in_the_second_file_of_a_directory_names_that_file(ws: Workspace) -> None:
-    directory = ws.tmp / "raw"
-    directory.mkdir()
     frame = raw_frame(3000)
-    frame.head(1500).write_parquet(directory / "a.parquet")
-    with_nulls(frame.slice(1500), "buildingblock2_smiles", [2222]).write_parquet(directory / "b.parquet")
+    directory = two_files(
+        ws, frame.head(1500), with_nulls(frame.slice(1500), "buildingblock2_smiles", [2222])
+    )
     ws.source = directory
     message = ws.fails("column 'buildingblock2_smiles' must be a building block's SMILES on every row")
     assert message.startswith(f"{directory / 'b.parquet'}: ") and "at id 2222 (1 row in all)" in message
@@ -512,6 +511,10 @@ def test_gzipped_csv_is_read_like_the_csv(ws: Workspace) -> None:
 # ---------------------------------------------------------------------------------------------- ids across files
 
 
+# the ids of raw_frame(3000), permuted (7919 is prime to 3000)
+SHUFFLED_IDS = [(i * 7919) % 3000 for i in range(3000)]
+
+
 def two_files(ws: Workspace, first: pl.DataFrame, second: pl.DataFrame) -> Path:
     directory = ws.tmp / "raw"
     directory.mkdir(exist_ok=True)
@@ -545,10 +548,9 @@ def test_unique_ids_not_increasing_across_files_are_accepted_at_every_batch_size
 def test_shuffled_ids_are_accepted_at_every_batch_size(
     ws: Workspace, warm_cache: Path, batch_rows: int
 ) -> None:
-    order = [(i * 7919) % 3000 for i in range(3000)]  # a permutation (7919 is prime to 3000)
-    raw_frame(3000)[order].write_parquet(ws.source)
+    raw_frame(3000)[SHUFFLED_IDS].write_parquet(ws.source)
     ws.run(make_params(batch_rows=batch_rows), cache=warm_cache)
-    assert pl.read_parquet(ws.output / "rows")["id"].to_list() == order
+    assert pl.read_parquet(ws.output / "rows")["id"].to_list() == SHUFFLED_IDS
 
 
 @pytest.mark.parametrize("batch_rows", [1000, 100_000])
@@ -564,8 +566,7 @@ def test_a_duplicate_id_across_files_is_caught_at_every_batch_size(ws: Workspace
 
 def test_duplicate_ids_among_shuffled_ids(ws: Workspace) -> None:
     frame = raw_frame(3000)
-    order = [(i * 7919) % 3000 for i in range(3000)]
-    pl.concat([frame[order], frame.filter(pl.col("id").is_in([17, 2500]))]).write_parquet(ws.source)
+    pl.concat([frame[SHUFFLED_IDS], frame.filter(pl.col("id").is_in([17, 2500]))]).write_parquet(ws.source)
     ws.fails(r"column 'id' must be unique, found 2 id\(s\) on more than one row \(first: 17, 2500\)")
 
 
@@ -590,10 +591,7 @@ def test_a_foreign_file_in_an_input_directory_is_named(ws: Workspace, name: str,
 
 
 def test_hidden_and_underscore_files_and_an_empty_part_are_skipped(ws: Workspace) -> None:
-    directory = ws.tmp / "raw"
-    directory.mkdir()
-    raw_frame().write_parquet(directory / "a.parquet")
-    raw_frame().head(0).write_parquet(directory / "b.parquet")
+    directory = two_files(ws, raw_frame(), raw_frame().head(0))
     (directory / ".a.parquet.crc").write_bytes(b"\x00")
     (directory / "_SUCCESS").write_bytes(b"")
     ws.source = directory
@@ -601,10 +599,7 @@ def test_hidden_and_underscore_files_and_an_empty_part_are_skipped(ws: Workspace
 
 
 def test_a_part_with_another_schema_fails_before_any_work(ws: Workspace) -> None:
-    directory = ws.tmp / "raw"
-    directory.mkdir()
-    raw_frame().write_parquet(directory / "a.parquet")
-    pl.DataFrame({"x": [1, 2]}).write_parquet(directory / "b.parquet")
+    directory = two_files(ws, raw_frame(), pl.DataFrame({"x": [1, 2]}))
     ws.source = directory
     message = ws.fails("missing column 'id'")
     assert message.startswith(f"{directory / 'b.parquet'}: ")

@@ -17,6 +17,19 @@ from stages.io import list_shards
 from stages.molecules import MoleculeStore
 from stages.params import threads
 from tests.conftest import ROOT, MiniRun, project_env
+from tests.test_train import quick_stopping, with_train
+
+
+def train_cli(
+    params: dict, rows: Path, features: Path, out: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m stages.train` with ``params`` (written to ``out / "params.yaml"``) on the split's ``rows`` and
+    ``features``; the models go to ``out / "models"``, the curves to ``out / "live"``."""
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, "-m", "stages.train", "--params", str(out / "params.yaml"),
+                           "--rows", str(rows), "--features", str(features),
+                           "--models", str(out / "models"), "--live", str(out / "live")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def test_share_out_gives_each_rank_a_contiguous_run_in_order():
@@ -48,11 +61,8 @@ def test_one_rank_of_the_collective_trains_the_single_machine_model(mini_run: Mi
     """A collective of one rank reads the same batches as the single-machine DataIter: the same model bytes, here
     for one protein's booster with early stopping (its inner parts are matrices of the collective too). (Two or
     more ranks give another model: the sketches and histograms are then sums over ranks.)"""
-    stopping = mini_run.params.train.early_stopping.model_copy(
-        update={"rounds": 3, "held_out_building_blocks": 0.2, "valid_fraction": 0.2}
-    )
-    settings = mini_run.params.train.model_copy(update={"model": "per_protein", "early_stopping": stopping})
-    params = mini_run.params.model_copy(update={"train": settings})
+    params = with_train(mini_run.params, model="per_protein", early_stopping=quick_stopping(mini_run.params))
+    settings = params.train
     rows_dir = mini_run.split / "train"
     train.train_model(
         params, rows_dir, mini_run.features, tmp_path / "local", tmp_path / "live"
@@ -82,12 +92,8 @@ def test_a_malformed_scheduler_address_is_one_error_line_and_no_model(mini_run: 
     """$DASK_SCHEDULER_ADDRESS that Dask cannot parse: the stage says so in one line naming the variable."""
     raw = mini_run.params.model_dump(mode="json")
     raw["train"]["distributed_workers"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    result = subprocess.run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"),
-                             "--rows", str(mini_run.split / "train"), "--features", str(mini_run.features),
-                             "--models", str(tmp_path / "models"), "--live", str(tmp_path / "live")],
-                            cwd=ROOT, env={**project_env(), "DASK_SCHEDULER_ADDRESS": "scheduler-without-port"},
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {**project_env(), "DASK_SCHEDULER_ADDRESS": "scheduler-without-port"}
+    result = train_cli(raw, mini_run.split / "train", mini_run.features, tmp_path, env, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: $DASK_SCHEDULER_ADDRESS='scheduler-without-port': no Dask scheduler reached: "

@@ -78,8 +78,10 @@ def generated_molecules() -> list[str]:
     return (GOLDEN.parent / "generated_molecules.txt").read_text().split()
 
 
-def sample_molecules(limit: int) -> list[str]:
-    smiles = pl.read_csv(SHARED_SAMPLE)["molecule_smiles"].unique(maintain_order=True).head(limit).to_list()
+def sample_molecules(limit: int | None = None) -> list[str]:
+    """The real sample's distinct molecules in file order, cleaned: the first ``limit``, or all."""
+    smiles = pl.read_csv(SHARED_SAMPLE)["molecule_smiles"].unique(maintain_order=True)
+    smiles = smiles.to_list() if limit is None else smiles.head(limit).to_list()
     return [chem.clean_smiles(s)[0] for s in smiles]
 
 

@@ -25,10 +25,9 @@ from rdkit.Chem import Descriptors, rdFingerprintGenerator
 
 from stages import chem, features
 from tests.conftest import ROOT, SHARED_SAMPLE
-from tests.test_golden import EDGE_CASES, generated_molecules
+from tests.test_golden import DEFAULT_DESCRIPTORS, EDGE_CASES, generated_molecules, sample_molecules
 from tests.test_properties import any_smiles
 
-DEFAULT_DESCRIPTORS = ("MolWt", "NumHDonors", "NumHAcceptors")
 ALL_DESCRIPTORS = tuple(name for name, _ in Descriptors._descList)
 RADII = range(1, 7)  # params.Fingerprint.radius: 1..6
 
@@ -126,12 +125,6 @@ def assert_identical(
                       if np.array([a]).tobytes() != np.array([b]).tobytes()]  # fmt: skip
             raise AssertionError(f"{smiles}: descriptors {differ} differ from the default parse's")
         assert batch.fp[i].tobytes() == packed[i].tobytes(), (smiles, fingerprint)
-
-
-def sample_molecules(limit: int | None = None) -> list[str]:
-    smiles = pl.read_csv(SHARED_SAMPLE)["molecule_smiles"].unique(maintain_order=True)
-    smiles = smiles.to_list() if limit is None else smiles.head(limit).to_list()
-    return [chem.clean_smiles(s)[0] for s in smiles]
 
 
 def needs_sample() -> None:

@@ -13,14 +13,22 @@ import xgboost as xgb
 
 from stages.model import load_model
 from stages.molecules import MoleculeStore
-from stages.params import Params
+from stages.params import EarlyStopping, Params, load_params
 from stages.train import LabelCounts, negative_rates, sample_rows, train_model
-from tests.conftest import MiniRun
+from tests.conftest import ROOT, MiniRun
 
 
 def with_train(params: Params, **changes) -> Params:
     train = params.train.model_copy(update=changes)
     return params.model_copy(update={"train": train})
+
+
+def quick_stopping(params: Params) -> EarlyStopping:
+    """``params``' early stopping with a patience of 3 rounds and inner parts of 20% (held-out building blocks, and
+    the other molecules)."""
+    return params.train.early_stopping.model_copy(
+        update={"rounds": 3, "held_out_building_blocks": 0.2, "valid_fraction": 0.2}
+    )
 
 
 def independent_design(rows: pl.DataFrame, mini_run: MiniRun, models: Path) -> np.ndarray:
@@ -38,23 +46,20 @@ def independent_design(rows: pl.DataFrame, mini_run: MiniRun, models: Path) -> n
     return np.hstack([scaled, bits]).astype(np.float32)
 
 
-def test_per_protein_predictions_are_each_proteins_own_booster(mini_run: MiniRun, tmp_path: Path):
-    params = with_train(mini_run.params, model="per_protein")
-    result = train_model(
-        params, mini_run.split / "train", mini_run.features, tmp_path / "models", tmp_path / "live"
-    )
-    assert result["model"] == "per_protein" and sorted(result["rounds"]) == ["BRD4", "HSA", "sEH"]
-    model = load_model(tmp_path / "models")
+def test_per_protein_predictions_are_each_proteins_own_booster(mini_run: MiniRun):
+    assert mini_run.params.train.model == "per_protein"  # params.yaml's default: mini_run trained this model
+    model = load_model(mini_run.models)
     assert not model.joint and model.manifest["model"] == "per_protein"
+    assert sorted(model.boosters) == ["BRD4", "HSA", "sEH"]  # one booster per protein
     rows = pl.read_parquet(mini_run.split / "valid")
     predicted = model.predict(rows, MoleculeStore(mini_run.features))
-    design = independent_design(rows, mini_run, tmp_path / "models")
+    design = independent_design(rows, mini_run, mini_run.models)
     for protein in ("BRD4", "HSA", "sEH"):
         mask = (rows["protein_name"] == protein).to_numpy()
-        booster = xgb.Booster(model_file=str(tmp_path / "models" / f"model-{protein}.json"))
+        booster = xgb.Booster(model_file=str(mini_run.models / f"model-{protein}.json"))
         np.testing.assert_allclose(predicted[mask], booster.inplace_predict(design[mask]), rtol=1e-6)
     # the boosters differ: each learned its own protein
-    a, b = (xgb.Booster(model_file=str(tmp_path / "models" / f"model-{p}.json")) for p in ("BRD4", "sEH"))
+    a, b = (xgb.Booster(model_file=str(mini_run.models / f"model-{p}.json")) for p in ("BRD4", "sEH"))
     assert not np.allclose(a.inplace_predict(design), b.inplace_predict(design))
 
 
@@ -63,7 +68,7 @@ def test_negatives_per_positive_keeps_k_negatives_a_positive_weighted_back_to_th
         rows={("fit", "BRD4"): 800, ("stop_share", "BRD4"): 200, ("fit", "HSA"): 900, ("fit", "sEH"): 10},
         positives={("fit", "BRD4"): 8, ("stop_share", "BRD4"): 2, ("fit", "HSA"): 0, ("fit", "sEH"): 6},
     )
-    params = with_train(Params.model_validate(_raw()), negatives_per_positive=2.0)
+    params = with_train(load_params(ROOT / "params.yaml"), negatives_per_positive=2.0)
     # by hand: BRD4 keeps 2 x 8 of 792 negatives; HSA has no positive and sEH fewer negatives than 2 a positive:
     # both keep every negative
     assert negative_rates(params, counts) == {"BRD4": pytest.approx(16 / 792), "HSA": 1.0, "sEH": 1.0}
@@ -88,24 +93,13 @@ def test_negatives_per_positive_keeps_k_negatives_a_positive_weighted_back_to_th
         assert kept["weight"].sum() == pytest.approx(len(mine), rel=0.08)
 
 
-def _raw() -> dict:
-    import yaml
-
-    from tests.conftest import ROOT
-
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
 def test_early_stopping_stops_keeps_the_best_round_and_never_reads_the_valid_part(
     mini_run: MiniRun, tmp_path
 ):
     split = tmp_path / "split"
     shutil.copytree(mini_run.split, split)
     shutil.rmtree(split / "valid")  # the part evaluate scores: training must not need it
-    stopping = mini_run.params.train.early_stopping.model_copy(
-        update={"rounds": 3, "held_out_building_blocks": 0.2, "valid_fraction": 0.2}
-    )
-    params = with_train(mini_run.params, model="joint", early_stopping=stopping)
+    params = with_train(mini_run.params, model="joint", early_stopping=quick_stopping(mini_run.params))
     params = params.model_copy(update={"xgb": params.xgb.model_copy(update={"n_estimators": 300})})
     result = train_model(params, split / "train", mini_run.features, tmp_path / "models", tmp_path / "live")
     (best,) = result["best_iteration"].values()

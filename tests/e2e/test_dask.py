@@ -35,6 +35,7 @@ from tests.conftest import (
     run,
     tree_hashes,
 )
+from tests.test_distributed import train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -76,11 +77,14 @@ class Cluster:
         return self._start("worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--nworkers", "1",
                            "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60")  # fmt: skip
 
-    def n_workers(self) -> int:
+    def worker_addresses(self) -> list[str]:
         from distributed import Client
 
         with Client(self.address, timeout="30s") as client:
-            return len(client.scheduler_info()["workers"])
+            return sorted(client.scheduler_info()["workers"])
+
+    def n_workers(self) -> int:
+        return len(self.worker_addresses())
 
     def wait_for_workers(self, n: int) -> None:
         self._wait(lambda: self.n_workers() == n, f"{n} workers")
@@ -262,13 +266,6 @@ def plugin(cluster: Cluster, die: DieAt):
             client.unregister_worker_plugin(die.name)
 
 
-def worker_addresses(cluster: Cluster) -> list[str]:
-    from distributed import Client
-
-    with Client(cluster.address, timeout="30s") as client:
-        return sorted(client.scheduler_info()["workers"])
-
-
 def replace_dead_workers(cluster: Cluster, n: int) -> None:
     for process in [p for p in cluster.workers if p.poll() is not None]:
         cluster.workers.remove(process)
@@ -280,11 +277,9 @@ def train(repo: Repo, tmp_path: Path, cluster: Cluster, worker_wait: float) -> s
     """`python -m stages.train` on the cluster with the repository's params and split and features, and
     ``resources.worker_wait``; the models go to ``tmp_path / "models"``."""
     params = deep_update(repo.params(), {"resources": {"worker_wait": worker_wait}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"),
-                           "--rows", str(repo.path / "data/split/train"), "--features", str(repo.path / "data/features/train"),
-                           "--models", str(tmp_path / "models"), "--live", str(tmp_path / "live")],
-                          cwd=ROOT, env=dask_env(cluster), capture_output=True, text=True, timeout=600)  # fmt: skip
+    return train_cli(
+        params, repo.path / "data/split/train", repo.path / "data/features/train", tmp_path, dask_env(cluster)
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -322,7 +317,7 @@ def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then
 
     shutil.copytree(reproduced_repo.path / "models", tmp_path / "models")  # an earlier run's models
     earlier = tree_hashes(tmp_path / "models")
-    rank0 = worker_addresses(cluster)[0]
+    rank0 = cluster.worker_addresses()[0]
     with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 0, "round": 5}, True, str(tmp_path / "died"))):
         error = one_error_line(train(distributed_repo, tmp_path, cluster, worker_wait=2))
     # rank 0's worker; under load the other rank's can be lost too (its nanny replaces it) and is then named as well

@@ -14,7 +14,7 @@ import pytest
 
 from stages import generate
 from stages.params import parse_params
-from tests.conftest import Repo, make_repo, project_env, run, run_queue
+from tests.conftest import Repo, deep_update, make_repo, project_env, run, run_queue
 from tests.e2e.test_remote import featurized
 
 pytestmark = pytest.mark.slow
@@ -35,20 +35,13 @@ class Experiments:
     def queue(self, name: str, *overrides: str) -> None:
         self.dvc("exp", "run", "--queue", "--name", name, *[f"--set-param={o}" for o in overrides])
 
-    def run_queue(self) -> str:
-        """Start one worker (it takes the queue in order) and wait until no task is queued or running; return the
-        final `dvc queue status`."""
-        return run_queue(self.dvc, QUEUE_TIMEOUT_S)
-
     def featurized(self, name: str, source: str) -> dict[str, int]:
         return featurized(self.dvc("queue", "logs", name).stdout, source)
 
 
 def generated_molecules(repo: Repo, train_molecules: int) -> tuple[set[str], set[str]]:
     """The distinct training and test SMILES that the generate stage writes for ``train_molecules``."""
-    params = parse_params(
-        repo.params() | {"generate": repo.params()["generate"] | {"train_molecules": train_molecules}}
-    )
+    params = parse_params(deep_update(repo.params(), {"generate": {"train_molecules": train_molecules}}))
     train, test = generate.generate(params.generate)
     return set(train["molecule_smiles"].to_list()), set(test["molecule_smiles"].to_list())
 
@@ -67,7 +60,7 @@ def test_queued_and_temporary_experiments_share_the_feature_cache(tmp_path):
 
     experiments.queue("base", f"generate.train_molecules={base}")
     experiments.queue("appended", f"generate.train_molecules={appended}")
-    status = experiments.run_queue()
+    status = run_queue(experiments.dvc, QUEUE_TIMEOUT_S)
 
     assert re.search(r"base\s.*Success", status) and re.search(r"appended\s.*Success", status), status
     first_train, first_test = generated_molecules(repo, base)

@@ -266,7 +266,7 @@ def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endp
 # Two merge requests' `reproduce` jobs on one self-hosted runner, its persistent volume a temporary directory.
 
 FEATURIZED = re.compile(
-    r"(?P<source>\S+): \d+ rows, (?P<unique>\d+) unique molecules "
+    r"(?P<source>\S+): (?P<rows>\d+) rows, (?P<unique>\d+) unique molecules "
     r"\((?P<reused>\d+) reused from the feature cache, (?P<computed>\d+) computed\)"
 )
 
@@ -418,11 +418,11 @@ def test_gitlab_ci_local_runs_upgrade_check_on_a_sample(s3_endpoint, tmp_path, b
     assert sample.sort("id").equals(rows.filter(pl.col("molecule_smiles").is_in(chosen.implode())).sort("id"))
     assert 0.4 * len(rows) < len(sample) < 0.6 * len(rows)
     assert f"train: {len(sample):,} of {len(rows):,} rows of `data/belka/train.csv`" in log, log
-    featurized = re.findall(
-        r"upgrade-check/data/train.parquet: (\d+) rows, (\d+) unique molecules \((\d+) reused from the feature "
-        r"cache, (\d+) computed\)",
-        log,
-    )
+    featurized = [
+        (m["rows"], m["unique"], m["reused"], m["computed"])
+        for m in FEATURIZED.finditer(log)
+        if m["source"].endswith("upgrade-check/data/train.parquet")
+    ]
     molecules = str(len(chosen))
     assert featurized == [(str(len(sample)), molecules, "0", molecules)] * 2, log  # both runs, from nothing
 
