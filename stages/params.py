@@ -144,6 +144,7 @@ class Train(Section):
     data_mode: Literal["in_memory", "external"]
     distributed_workers: int = Field(default=0, ge=0, le=4096)
     early_stopping: EarlyStopping = EarlyStopping(rounds=0)
+    final_fit: bool = True  # false: the submission comes from the split model (quick experiments)
 
     @model_validator(mode="after")
     def _one_sampling(self) -> Train:
