@@ -14,8 +14,8 @@ model can learn it from fingerprints, including for building blocks it never saw
 
 Like BELKA's test set, the test set has molecules made only of building blocks seen in training (all three
 proteins each) and molecules made only of test-only building blocks (one protein each): no test molecule mixes
-seen and unseen blocks. The test set's labels are written apart (``--test-labels``: id, binds, and Kaggle's group,
-share or non_share), for a leaderboard that the pipeline never reads.
+seen and unseen blocks. The test set's labels are written apart (``--test-labels``: id, protein_name, binds and
+Kaggle's group, share or non_share), for a leaderboard that the pipeline never reads.
 
 Molecules are drawn in fixed chunks, each from its own seeded generator, and combinations are assigned to train or
 test by a hash, so growing ``train_molecules`` appends rows to train and leaves test untouched (scenario A), and
@@ -336,7 +336,9 @@ class Generated:
 
     train: pl.DataFrame
     test: pl.DataFrame
-    test_labels: pl.DataFrame  # id, binds, group: what a leaderboard scores a submission against
+    test_labels: (
+        pl.DataFrame
+    )  # id, protein_name, binds, group: what a leaderboard scores a submission against
 
 
 def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
@@ -369,13 +371,13 @@ def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
 
 
 def hidden_labels(train: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:
-    """id, binds, group of each labelled test row. The group is Kaggle's: ``share`` when all three building blocks
+    """id, protein_name, binds, group of each labelled test row. The group is Kaggle's: ``share`` when all three building blocks
     occur in the training table (in any position), ``non_share`` when none does; ``mixed`` (neither, as in no Kaggle
     test molecule) only happens when the training table is too small to use every training building block."""
     seen = pl.concat([train[c] for c in BB_COLUMNS]).unique().implode()
     n_seen = pl.sum_horizontal([pl.col(c).is_in(seen).cast(pl.Int8) for c in BB_COLUMNS])
     group = pl.when(n_seen == 3).then(pl.lit("share")).when(n_seen == 0).then(pl.lit("non_share"))
-    return test.select(ID, BINDS, group.otherwise(pl.lit("mixed")).alias("group"))
+    return test.select(ID, PROTEIN, BINDS, group.otherwise(pl.lit("mixed")).alias("group"))
 
 
 def generate(params: Generate, pool: Executor | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -391,7 +393,9 @@ RAW_SCHEMA = pa.schema(
 )
 
 
-LABELS_SCHEMA = pa.schema([(ID, pa.int64()), (BINDS, pa.int64()), ("group", pa.string())])
+LABELS_SCHEMA = pa.schema(
+    [(ID, pa.int64()), (PROTEIN, pa.string()), (BINDS, pa.int64()), ("group", pa.string())]
+)
 
 
 def to_kaggle_table(frame: pl.DataFrame) -> pa.Table:
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--test-labels",
         type=Path,
-        help="also write the test set's hidden labels (id, binds, group) here: for a leaderboard, never the pipeline",
+        help="also write the test set's hidden labels (id, protein_name, binds, group) here: for a leaderboard, never the pipeline",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

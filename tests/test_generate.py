@@ -155,7 +155,8 @@ def test_hidden_test_labels_one_row_per_test_id_and_kaggle_groups(data):
     train, test = data
     labels = generated.test_labels
     assert generated.test.equals(test) and "binds" not in test.columns
-    assert labels.columns == ["id", "binds", "group"]
+    assert labels.columns == ["id", "protein_name", "binds", "group"]
+    assert labels.select("id", "protein_name").equals(test.select("id", "protein_name"))
     assert sorted(labels["id"].to_list()) == sorted(test["id"].to_list()) and labels["id"].is_unique().all()
     bb = [c for c in train.columns if c.startswith("buildingblock")]
     seen = {b for row in train.select(bb).rows() for b in row}
@@ -191,5 +192,7 @@ def test_the_cli_writes_the_hidden_labels_apart_from_an_unlabelled_test_file(tmp
     assert generate_module.main([*argv, "--test-labels", str(out["test-labels"])]) == 0
     test, labels = pl.read_parquet(out["test"]), pl.read_parquet(out["test-labels"])
     assert "binds" not in test.columns
-    assert labels.schema == pl.Schema({"id": pl.Int64, "binds": pl.Int64, "group": pl.String})
+    assert labels.schema == pl.Schema(
+        {"id": pl.Int64, "protein_name": pl.String, "binds": pl.Int64, "group": pl.String}
+    )
     assert labels.sort("id")["id"].to_list() == test.sort("id")["id"].to_list()
