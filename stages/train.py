@@ -44,7 +44,17 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, iter_row_batches, read_rows
-from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, first_line, list_shards, scratch_dir
+from stages.io import (
+    BINDS,
+    ID,
+    PROTEIN,
+    InputError,
+    atomic_dir,
+    first_line,
+    list_shards,
+    scratch_dir,
+    write_csv,
+)
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
 from stages.params import Params, Train, external_memory_dir, load_params, threads
@@ -375,7 +385,10 @@ def train_model(
     n_features = next(iter(fitted.values())).features
     with contextlib.ExitStack() as outputs:
         if live_dir is not None:
-            write_curves(outputs.enter_context(atomic_dir(live_dir)), fitted)
+            stopping = any(
+                len(result.history) > 1 for result in fitted.values()
+            )  # an early-stopping part ran
+            write_curves(outputs.enter_context(atomic_dir(live_dir)), fitted, stopping)
         model_tmp = outputs.enter_context(atomic_dir(model_dir))
         categories = [str(c) for c in prep.encoder.categories_[0]]
         save_model(
@@ -408,14 +421,46 @@ def train_model(
     }
 
 
-def write_curves(live_dir: Path, fitted: dict[str, Fitted]) -> None:
-    """dvclive's curves of every booster (each part it watched, by round), with its rounds and best round."""
+CURVES = (
+    "curves.csv"  # every booster's metric by round and part, one table: the pipeline's training-curves plot
+)
+
+
+def curves_table(fitted: dict[str, Fitted], early_stopping: bool) -> pl.DataFrame:
+    """Every booster's evaluation metric by round (1-based) and part (``train``: the rows it fits; ``stop_share``,
+    ``stop_unseen``: the early-stopping parts), long format, one row per (booster, part, metric, round), with the
+    booster's best round where early stopping chose it (null otherwise)."""
+    frames = []
+    for key, result in fitted.items():
+        booster = "all" if key == JOINT else key
+        best = result.best_iteration + 1 if early_stopping else None
+        for part, metrics in result.history.items():
+            for metric, values in metrics.items():
+                frames.append(
+                    pl.DataFrame(
+                        {
+                            "round": np.arange(1, len(values) + 1, dtype=np.int64),
+                            "booster": booster,
+                            "part": part,
+                            "metric": metric,
+                            "value": np.asarray(values, dtype=np.float64),
+                            "best_round": pl.Series([best] * len(values), dtype=pl.Int64),
+                        }
+                    )
+                )
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def write_curves(live_dir: Path, fitted: dict[str, Fitted], early_stopping: bool) -> None:
+    """dvclive's curves of every booster (each part it watched, by round), with its rounds and best round, and the
+    same curves as one table (``curves.csv``) for the one training-curves plot of ``dvc plots`` and the MR note."""
     live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
     log_curves(live, {curve_name(k, data): m for k, f in fitted.items() for data, m in f.history.items()})
     for key, result in fitted.items():
         live.summary[curve_name(key, "best_iteration")] = result.best_iteration
         live.summary[curve_name(key, "rounds")] = result.rounds
     live.end()
+    write_csv(curves_table(fitted, early_stopping), live_dir / CURVES)
 
 
 @contextlib.contextmanager

@@ -152,6 +152,18 @@ def test_metrics_and_params_diff_between_commits(cloned: Repo) -> None:
     assert "xgb.max_depth" in params and "xgb.n_estimators" in params
     plots = json.loads(cloned.dvc("plots", "diff", "HEAD~1", "--json").stdout)["data"]
     assert any("Precision-recall" in name for name in plots) and any("importance" in n for n in plots)
+    (training,) = [
+        name for name in plots if name.startswith("Training curves")
+    ]  # one chart, not one per file
+    assert not any("plots/metrics" in name for name in plots), list(plots)
+    rows = plots[training][0]["content"]["data"]["values"]
+    assert {row["rev"] for row in rows} == {"HEAD~1", "HEAD"}  # both revisions side by side
+    assert {row["part"] for row in rows} == {"train"} and {row["booster"] for row in rows} == {"all"}
+    assert {row["best_round"] for row in rows} == {""}  # no early stopping: no best round marked
+    from ci.mr_report import render_plots
+
+    rendered = [plot for plot in render_plots({"data": plots}) if plot.name == training]
+    assert rendered and rendered[0].png and rendered[0].png.startswith(b"\x89PNG"), rendered
 
 
 def test_two_runs_from_scratch_give_identical_hashes(reproduced_repo: Repo, tmp_path: Path) -> None:
