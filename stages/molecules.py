@@ -108,14 +108,17 @@ def read_part(
     """``columns`` (default: all of ``schema``) of a molecules part (its bytes ``data`` when given, else the file),
     which must have ``schema``'s columns and types (read from its footer first); an unreadable or foreign part
     raises :class:`InputError` naming ``path``."""
-    source = io.BytesIO(data) if data is not None else path
+
+    def source() -> io.BytesIO | Path:
+        return io.BytesIO(data) if data is not None else path
+
     try:
-        found = pl.read_parquet_schema(source)
+        found = pl.read_parquet_schema(source())
         wrong = [name for name, dtype in schema.items() if found.get(name) != dtype]
         if wrong:
             have = ", ".join(f"{name} {found[name]}" if name in found else f"no {name}" for name in wrong)
             raise InputError(f"{path}: not a part of this feature spec ({have})")
-        return pl.read_parquet(source, columns=columns or list(schema))
+        return pl.read_parquet(source(), columns=columns or list(schema))
     except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as exc:
         raise InputError(f"{path}: not a readable parquet part ({first_line(exc)})") from None
 
