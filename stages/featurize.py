@@ -18,7 +18,10 @@ The input is streamed in batches of ``featurize.batch_rows``; memory is bounded 
 count, plus 16 bytes per unique molecule for the set of molecules already seen (key and check hash, ``KeySet``).
 Molecules computed before (by an earlier run, a killed run, or a run on fewer rows) are read from the feature
 cache (``resources.feature_cache``), keyed by the cleaned SMILES and the feature spec (settings, RDKit's version,
-the feature version), so only new molecules are computed. The output does not depend on what the cache held: a rerun is byte-identical to a run from scratch.
+the feature version), so only new molecules are computed. Every cache part is checked against the digests in its
+name before its keys are indexed or its values used; a damaged or foreign one is reported in one line, and its
+molecules are computed again and written back (``molecules.FeatureCache``). The output does not depend on what the
+cache held: a rerun is byte-identical to a run from scratch.
 """
 
 from __future__ import annotations

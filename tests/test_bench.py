@@ -117,3 +117,16 @@ def test_raw_checks_bench_small_run():
         "label check over the rows",
     ):
         assert row in done.stdout
+
+
+def test_cache_corruption_bench_small_run():
+    """bench/cache_corruption.py on a small cache: every flip is counted, and no damage reaches the features."""
+    command = [sys.executable, "bench/cache_corruption.py", "--molecules", "1000", "--batch-rows", "1000",
+               "--flips", "10"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| feature cache lookup of the part's molecules | flips |" in done.stdout
+    assert "| none used: reported, computed again | 10 |" in done.stdout  # every flip detected
+    for damage in ("truncated to half", "another part's file"):
+        assert re.search(rf"\| {damage} \| 333 computed, 1 warning\(s\) \(1 naming the part\), output equal \| "
+                         r"0 computed, 0 warning\(s\) \(0 naming the part\), output equal \|", done.stdout)  # fmt: skip
