@@ -157,7 +157,7 @@ def test_metrics_and_params_diff_between_commits(cloned: Repo) -> None:
     ]  # one chart, not one per file
     assert not any("plots/metrics" in name for name in plots), list(plots)
     rows = plots[training][0]["content"]["data"]["values"]
-    assert {row["rev"] for row in rows} == {"HEAD~1", "HEAD"}  # both revisions side by side
+    assert {row["rev"] for row in rows} == {"HEAD~1", "workspace"}  # both revisions side by side
     assert {row["part"] for row in rows} == {"train"} and {row["booster"] for row in rows} == {"all"}
     assert {row["best_round"] for row in rows} == {""}  # no early stopping: no best round marked
     from ci.mr_report import render_plots
