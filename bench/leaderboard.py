@@ -110,6 +110,46 @@ def score_submission(submission: pl.DataFrame, labels: pl.DataFrame, name: str =
     )
 
 
+def leaderboard_interval(
+    submission: pl.DataFrame, labels: pl.DataFrame, samples: int = 1000, seed: int = 0
+) -> list[float] | None:
+    """The leaderboard's own 95% interval: the test set is a sample too. Each (protein, group) pair's rows are
+    resampled with replacement (seeded), its AP recomputed, and the mean over the pairs taken, ``samples`` times;
+    a resample without a positive in a pair leaves that pair out of that resample's mean, as the score does."""
+    joined = labels.join(submission.select("id", pl.col("binds").alias("prediction")), on="id", how="inner")
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for protein in PROTEINS:
+        for group in SCORED_GROUPS:
+            part = joined.filter((pl.col("protein_name") == protein) & (pl.col("group") == group))
+            if len(part) and part["binds"].sum() > 0:
+                pairs.append((part["binds"].to_numpy(), part["prediction"].to_numpy()))
+    if not pairs:
+        return None
+    means = np.empty(samples)
+    for i in range(samples):
+        aps = []
+        for y, prediction in pairs:
+            drawn = rng.integers(0, len(y), len(y))
+            ap = average_precision(y[drawn], prediction[drawn])
+            if ap is not None:
+                aps.append(ap)
+        means[i] = np.mean(aps) if aps else np.nan
+    low, high = np.nanpercentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def consistent(estimate: float | None, interval: list[float] | None, value: float | None,
+               value_interval: list[float] | None) -> bool | None:  # fmt: skip
+    """Whether an estimate and a leaderboard score differ by less than their combined uncertainty: |difference| <=
+    1.96 x sqrt(se_estimate^2 + se_leaderboard^2), each standard error read off its 95% interval (width / 3.92).
+    The estimate's interval alone ignores that the leaderboard's test set is a sample too."""
+    if None in (estimate, value) or interval is None or value_interval is None:
+        return None
+    spread = np.hypot((interval[1] - interval[0]) / 3.92, (value_interval[1] - value_interval[0]) / 3.92)
+    return bool(abs(estimate - value) <= 1.96 * spread)
+
+
 def read_submission(path: Path) -> pl.DataFrame:
     try:
         return pl.read_csv(path)
@@ -154,6 +194,10 @@ class SeedResult:
     evaluate_score: float | None
     evaluate_interval: list[float] | None  # 95% bootstrap interval of evaluate's score
     seconds: float
+    split_lb_interval: list[float] | None = (
+        None  # the leaderboard's own 95% interval (its test set is a sample)
+    )
+    final_lb_interval: list[float] | None = None
 
 
 def covers(interval: list[float] | None, value: float | None) -> bool | None:
@@ -171,21 +215,27 @@ def _yes_no(value: bool | None) -> str:
     return "n/a" if value is None else ("yes" if value else "no")
 
 
+def _interval(interval: list[float] | None) -> str:
+    return "" if interval is None else " [{}, {}]".format(*map(_figure, interval))
+
+
 def table(results: list[SeedResult]) -> str:
-    """A Markdown table, one row per seed."""
+    """A Markdown table, one row per seed: both models' leaderboard scores with the leaderboard's own interval,
+    evaluate's estimate with its interval, whether that interval covers each leaderboard score, and whether the
+    final model's leaderboard score and the estimate agree within their combined uncertainty."""
     lines = [
-        "| seed | split model LB | final model LB | evaluate score [95% interval] | interval covers split LB "
-        "| interval covers final LB |",
-        "|---|---|---|---|---|---|",
+        "| seed | split model LB [95%] | final model LB [95%] | evaluate score [95%] | covers split LB "
+        "| covers final LB | final LB within combined 95% |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        interval = (
-            "" if r.evaluate_interval is None else " [{}, {}]".format(*map(_figure, r.evaluate_interval))
-        )
         lines.append(
-            f"| {r.seed} | {_figure(r.split_lb.score)} | {_figure(r.final_lb.score)} "
-            f"| {_figure(r.evaluate_score)}{interval} | {_yes_no(covers(r.evaluate_interval, r.split_lb.score))} "
-            f"| {_yes_no(covers(r.evaluate_interval, r.final_lb.score))} |"
+            f"| {r.seed} | {_figure(r.split_lb.score)}{_interval(r.split_lb_interval)} "
+            f"| {_figure(r.final_lb.score)}{_interval(r.final_lb_interval)} "
+            f"| {_figure(r.evaluate_score)}{_interval(r.evaluate_interval)} "
+            f"| {_yes_no(covers(r.evaluate_interval, r.split_lb.score))} "
+            f"| {_yes_no(covers(r.evaluate_interval, r.final_lb.score))} "
+            f"| {_yes_no(consistent(r.evaluate_score, r.evaluate_interval, r.final_lb.score, r.final_lb_interval))} |"
         )
     return "\n".join(lines)
 
@@ -262,15 +312,24 @@ def run_seed(seed: int, workdir: Path, settings: list[tuple[list[str], object]])
     split_submission = clone / "split-submission.csv"
     sh([sys.executable, "-m", "stages.predict", "--features", TEST_FEATURES, "--rejects", TEST_REJECTS,
         "--models", SPLIT_MODELS, "--output", str(split_submission)], clone)  # fmt: skip
+    return score_clone(clone, seed, time.perf_counter() - start)
+
+
+def score_clone(clone: Path, seed: int, seconds: float) -> SeedResult:
+    """Both submissions of a reproduced clone against its hidden labels, beside its evaluate figures."""
+    split_submission = clone / "split-submission.csv"
     labels = read_labels(clone / TEST_LABELS)
     interval = read_json(clone / SUMMARY).get("bootstrap", {}).get("score")
+    split, final = read_submission(split_submission), read_submission(clone / SUBMISSION)
     return SeedResult(
         seed=seed,
-        split_lb=score_submission(read_submission(split_submission), labels, str(split_submission)),
-        final_lb=score_submission(read_submission(clone / SUBMISSION), labels, str(clone / SUBMISSION)),
+        split_lb=score_submission(split, labels, str(split_submission)),
+        final_lb=score_submission(final, labels, str(clone / SUBMISSION)),
         evaluate_score=read_json(clone / METRICS).get("score"),
         evaluate_interval=list(interval) if interval else None,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
+        split_lb_interval=leaderboard_interval(split, labels),
+        final_lb_interval=leaderboard_interval(final, labels),
     )
 
 
@@ -312,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="any other param of the clones, e.g. --set generate.train_molecules=30000",
     )
+    rescore = commands.add_parser("rescore", help="the table again from clones a run kept (--keep)")
+    rescore.add_argument("clones", type=Path, nargs="+", help="seed-<N> directories of an earlier run")
     run.add_argument("--workdir", type=Path, help="where the clones go (default: a temporary directory)")
     run.add_argument("--keep", action="store_true", help="keep the clones")
     run.add_argument(
@@ -325,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 score_report(score_submission(read_submission(args.submission), labels, str(args.submission)))
             )
+        elif args.command == "rescore":
+            print(table([score_clone(c, int(c.name.rpartition("-")[2]), float("nan")) for c in args.clones]))
         else:
             benchmark(args)
     except LeaderboardError as exc:

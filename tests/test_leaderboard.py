@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -106,17 +107,19 @@ def _score(value: float | None) -> Score:
 
 def test_results_become_a_markdown_table_with_the_coverage_of_both_models():
     results = [
-        SeedResult(2024, _score(0.25), _score(0.41), 0.28, [0.2, 0.3], 1.0),
-        SeedResult(1, _score(0.1996), _score(0.3), 0.25, [0.2, 0.3], 1.0),  # below the interval, on its top
+        SeedResult(2024, _score(0.25), _score(0.41), 0.28, [0.2, 0.3], 1.0, None, [0.35, 0.47]),
+        SeedResult(1, _score(0.1996), _score(0.3), 0.25, [0.2, 0.3], 1.0, [0.15, 0.25], [0.22, 0.38]),
         SeedResult(2, _score(None), _score(0.5), None, None, 1.0),
     ]
+    # seed 2024: |0.41 - 0.28| = 0.13 > 1.96 x hypot(0.1 / 3.92, 0.12 / 3.92) = 0.078: not within;
+    # seed 1: |0.30 - 0.25| = 0.05 <= 1.96 x hypot(0.1 / 3.92, 0.16 / 3.92) = 0.094: within
     assert leaderboard.table(results) == "\n".join([
-        "| seed | split model LB | final model LB | evaluate score [95% interval] | interval covers split LB "
-        "| interval covers final LB |",
-        "|---|---|---|---|---|---|",
-        "| 2024 | 0.250 | 0.410 | 0.280 [0.200, 0.300] | yes | no |",
-        "| 1 | 0.200 | 0.300 | 0.250 [0.200, 0.300] | no | yes |",
-        "| 2 | n/a | 0.500 | n/a | n/a | n/a |",
+        "| seed | split model LB [95%] | final model LB [95%] | evaluate score [95%] | covers split LB "
+        "| covers final LB | final LB within combined 95% |",
+        "|---|---|---|---|---|---|---|",
+        "| 2024 | 0.250 | 0.410 [0.350, 0.470] | 0.280 [0.200, 0.300] | yes | no | no |",
+        "| 1 | 0.200 [0.150, 0.250] | 0.300 [0.220, 0.380] | 0.250 [0.200, 0.300] | no | yes | yes |",
+        "| 2 | n/a | 0.500 | n/a | n/a | n/a | n/a |",
     ])  # fmt: skip
     data = leaderboard.results_json(results, {"commit": "abc"})
     assert [(s["covers_split_lb"], s["covers_final_lb"]) for s in data["seeds"]] == [
@@ -124,6 +127,16 @@ def test_results_become_a_markdown_table_with_the_coverage_of_both_models():
         (False, True),
         (None, None),
     ]
+
+
+def test_the_leaderboards_own_interval_holds_its_score_and_is_a_point_for_a_perfect_ranking(fixture):
+    submission, labels = fixture
+    perfect = labels.select("id", pl.col("binds").cast(pl.Float64))
+    assert leaderboard.leaderboard_interval(perfect, labels, samples=50) == [1.0, 1.0]
+    rng = np.random.default_rng(3)
+    noisy = labels.select("id", pl.Series("binds", rng.random(len(labels))))  # a ranking at random
+    low, high = leaderboard.leaderboard_interval(noisy, labels, samples=300)
+    assert low <= leaderboard.score_submission(noisy, labels).score <= high and high - low > 0.05
 
 
 def test_settings_are_set_in_the_clone_params(tmp_path):
