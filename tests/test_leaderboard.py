@@ -130,7 +130,7 @@ def test_results_become_a_markdown_table_with_the_coverage_of_both_models():
 
 
 def test_the_leaderboards_own_interval_holds_its_score_and_is_a_point_for_a_perfect_ranking(fixture):
-    submission, labels = fixture
+    _, labels = fixture
     perfect = labels.select("id", pl.col("binds").cast(pl.Float64))
     assert leaderboard.leaderboard_interval(perfect, labels, samples=50) == [1.0, 1.0]
     rng = np.random.default_rng(3)
