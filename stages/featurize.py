@@ -117,48 +117,60 @@ def options(params: Params, cache_dir: Path | None = None) -> Options:
 # ---------------------------------------------------------------------------------------------- pure logic
 
 
+def merge_runs(
+    older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs of distinct keys (no key in both), with their values, as one sorted run. numpy's stable
+    sort is timsort, which finds the two runs of the concatenation and merges them in one linear pass."""
+    keys = np.concatenate([older[0], newer[0]])
+    values = np.concatenate([older[1], newer[1]])
+    order = np.argsort(keys, kind="stable")
+    return keys[order], values[order]
+
+
 class KeySet:
     """A growing set of int64 keys, each with an int64 value, in sorted numpy arrays: vectorised look-ups,
-    16 bytes a key. Featurize keeps each molecule's check hash as its value."""
+    16 bytes a key. Featurize keeps each molecule's check hash as its value.
+
+    The keys lie in sorted runs, each more than twice the size of the next (a log-structured merge): adding m
+    keys sorts those m into a new run, then merges the newest run into the one before it while that one is at
+    most twice as large. So there are at most log2(keys) + 1 runs, each key is merged about log2(keys / batch)
+    times, each merge is one linear pass over two runs, n keys added in batches cost O(n log(n / batch)), and
+    nothing the set holds is ever sorted again. A look-up sorts its keys once and binary-searches each run."""
 
     def __init__(self) -> None:
-        self.main = np.empty(0, dtype=np.int64)
-        self.main_values = np.empty(0, dtype=np.int64)
-        self.recent: list[tuple[np.ndarray, np.ndarray]] = []
-        self.recent_size = 0
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, values), oldest (largest) first
+        self.size = 0
 
     def __len__(self) -> int:
-        return len(self.main) + self.recent_size
+        return self.size
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, value of each found key; 0 where not found)."""
+        order = np.argsort(keys)
+        ordered = np.asarray(keys, dtype=np.int64)[order]  # sorted queries: cache-friendly binary searches
         found = np.zeros(len(keys), dtype=bool)
         values = np.zeros(len(keys), dtype=np.int64)
-        for block_keys, block_values in [(self.main, self.main_values), *self.recent]:
-            if len(block_keys):
-                hit, pos = find_sorted(keys, block_keys)
-                values = np.where(hit, block_values[pos], values)
-                found |= hit
+        for run_keys, run_values in self.runs:
+            hit, pos = find_sorted(ordered, run_keys)
+            found[order[hit]] = True
+            values[order[hit]] = run_values[pos[hit]]
         return found, values
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self.lookup(keys)[0]
 
     def add(self, keys: np.ndarray, values: np.ndarray | None = None) -> None:
-        """Add keys that are not in the set yet (callers filter with ``lookup`` first): no deduplication, so a
-        merge costs one sorted copy, not the three temporaries of ``np.union1d``."""
+        """Add keys that are not in the set yet (callers filter with ``lookup`` first): no deduplication."""
         if len(keys) == 0:
             return
         values = np.zeros(len(keys), dtype=np.int64) if values is None else np.asarray(values, dtype=np.int64)
         order = np.argsort(keys, kind="stable")
-        self.recent.append((keys[order], values[order]))
-        self.recent_size += len(keys)
-        if len(self.recent) > 16 or self.recent_size > max(1 << 20, len(self.main) // 4):
-            keys = np.concatenate([self.main, *(k for k, _ in self.recent)])
-            values = np.concatenate([self.main_values, *(v for _, v in self.recent)])
-            self.recent, self.recent_size = [], 0
-            order = np.argsort(keys, kind="stable")
-            self.main, self.main_values = keys[order], values[order]
+        run = (np.asarray(keys, dtype=np.int64)[order], values[order])
+        self.size += len(keys)
+        while self.runs and len(self.runs[-1][0]) <= 2 * len(run[0]):
+            run = merge_runs(self.runs.pop(), run)
+        self.runs.append(run)
 
 
 def check_labels(rows_dir: Path, source: str) -> None:
