@@ -9,8 +9,8 @@ prints a markdown table of:
   own buffers are not counted),
 - ``read``: streaming the whole input in ``featurize.batch_rows`` batches once checked (what featurize reads
   anyway), and the check as a fraction of it,
-- ``labels``: :func:`stages.featurize.check_labels` over rows shards of the same rows (molecule keys from the
-  SMILES), as featurize runs it after writing them.
+- ``labels``: :func:`stages.featurize.label_conflicts`, the two passes over the raw rows (cleaned SMILES, protein,
+  label) that find molecule-protein pairs labelled both 0 and 1, before any RDKit work.
 
 Featurize itself takes about 100 s a million rows on 2 cores (bench/RESULTS.md), the yardstick for all three.
 
@@ -35,10 +35,18 @@ import polars as pl  # noqa: E402
 
 from bench.belka_gen import write_belka  # noqa: E402
 from bench.bench import parse_size  # noqa: E402
-from stages import chem  # noqa: E402
-from stages.dataset import KEY  # noqa: E402
-from stages.featurize import check_labels  # noqa: E402
-from stages.io import BINDS, ID, PROTEIN, SMILES, RawInput, check_raw_input, iter_raw_batches, shard_name  # noqa: E402
+from stages.featurize import label_conflicts  # noqa: E402
+from stages.io import (  # noqa: E402
+    BINDS,
+    CHECK_BATCH_ROWS,
+    ID,
+    PROTEIN,
+    SMILES,
+    RawInput,
+    check_raw_input,
+    iter_raw_batches,
+    read_batches,
+)
 
 
 def timed(work: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -59,15 +67,6 @@ def read_all(source: Path, batch_rows: int) -> None:
         pass
 
 
-def rows_shards(source: Path, directory: Path, batch_rows: int) -> None:
-    """Rows shards as featurize writes them (id, key, protein, binds), keys hashed from the SMILES."""
-    directory.mkdir()
-    frame = pl.read_parquet(source, columns=[ID, SMILES, PROTEIN, BINDS])
-    frame = frame.with_columns(chem.keys_of(frame[SMILES])["key"].alias(KEY)).drop(SMILES)
-    for number, part in enumerate(frame.iter_slices(batch_rows)):
-        part.with_columns(pl.col(BINDS).cast(pl.Int8)).write_parquet(directory / shard_name(number))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=parse_size, default=1_000_000)
@@ -83,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         order = np.random.default_rng(0).permutation(len(frame))
         frame[order].write_parquet(shuffled, row_group_size=300_000)
         del frame
-        rows_shards(parquet, work / "rows", args.batch_rows)
         print(f"{counts['rows']:,} rows, {counts['molecules']:,} molecules; best of {args.repeats} runs\n")
         print(
             "| input | size | check | check peak (traced) | read | check / read | check / featurize (100 s/M) |"
@@ -102,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {source.stat().st_size / 1e6:.0f} MB | {check:.2f} s | {peak:.0f} MB | {read:.2f} s "
                 f"| {check / read:.2f} | {check / featurize:.3f} |"
             )
-        labels, peak = timed(lambda: check_labels(work / "rows", "rows"), args.repeats)
-        print(f"\nlabel check over the rows shards: {labels:.2f} s, {peak:.0f} MB traced")
+        raw = RawInput(parquet)
+        label_columns = [ID, SMILES, PROTEIN, BINDS]
+        labels, peak = timed(
+            lambda: label_conflicts(lambda: read_batches(raw, label_columns, CHECK_BATCH_ROWS), 400),
+            args.repeats,
+        )
+        print(f"\nlabel conflicts over the raw rows (two passes): {labels:.2f} s, {peak:.0f} MB traced")
     return 0
 
 

@@ -12,7 +12,10 @@ Output (a directory, written atomically):
 Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason; the stage fails only when they
 exceed ``featurize.max_reject_fraction``. A problem of the file rather than of one row (a missing column, a null id,
 building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
-(``io.check_raw_input``); one molecule and protein labelled both 0 and 1 stops it once the rows are written.
+(``io.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
+``featurize.conflicting_labels``, found by a pass over the raw rows before any RDKit work (:func:`label_conflicts`):
+``error`` refuses the input, ``any`` labels every row of the pair 1, ``drop`` leaves its rows out; the count is
+logged and kept in the manifest.
 
 The input is streamed in batches of ``featurize.batch_rows``; memory is bounded by the batch size and the worker
 count, plus 16 bytes per unique molecule for the set of molecules already seen (key and check hash, ``KeySet``).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +44,16 @@ from stages.dataset import BB_KEYS, KEY, find_sorted
 from stages.io import (
     BB_COLUMNS,
     BINDS,
+    CHECK_BATCH_ROWS,
     ID,
     PROTEIN,
     SMILES,
     InputError,
+    RawInput,
     atomic_dir,
-    iter_raw_batches,
+    checked_input,
     raw_columns,
-    raw_row_count,
+    read_batches,
     shard_name,
     write_csv,
     write_json,
@@ -96,6 +102,7 @@ class Options:
     config: features.FeatureConfig
     batch_rows: int
     max_reject_fraction: float = 1.0
+    conflicting_labels: str = "any"  # error | any | drop: a molecule and protein labelled both 0 and 1
     workers: int = 1
     cache_dir: Path | None = None  # None: no feature cache
     engine: str = "local"  # local | dask: where RDKit runs (the output is the same)
@@ -107,6 +114,7 @@ def options(params: Params, cache_dir: Path | None = None) -> Options:
         config=feature_config(params),
         batch_rows=params.featurize.batch_rows,
         max_reject_fraction=params.featurize.max_reject_fraction,
+        conflicting_labels=params.featurize.conflicting_labels,
         workers=workers(params),
         cache_dir=Path(cache_dir) if cache_dir else feature_cache_dir(params),
         engine=params.resources.engine,
@@ -173,32 +181,86 @@ class KeySet:
         self.runs.append(run)
 
 
-def check_labels(rows_dir: Path, source: str) -> None:
-    """One molecule (after cleaning) must not be labelled both 0 and 1 for one protein, for instance after rows
-    were appended. Read from the rows written so far: the positive (molecule, protein) pairs are held in memory
-    (0.54% of BELKA's rows), the negatives streamed against them. The same pair twice with one label is kept
-    (each row is a measurement)."""
-    rows = pl.scan_parquet(rows_dir / "*.parquet").select(ID, KEY, PROTEIN, BINDS)
-    positives = rows.filter(pl.col(BINDS) == 1).select(KEY, PROTEIN).unique()
-    conflicts = (
-        rows.filter(pl.col(BINDS) == 0)
-        .join(positives, on=[KEY, PROTEIN], how="semi")
-        .collect(engine="streaming")
+PAIR = ("cleaned", PROTEIN)  # a molecule (its cleaned SMILES) and a protein: what one label is about
+
+
+def pair_counts(frame: pl.DataFrame, max_length: int, within: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Raw rows (id, molecule_smiles, protein_name, binds) by molecule-protein pair and label: the pair's
+    ``cleaned`` SMILES (``chem.clean_smiles_expr``, the string cleaning of every row, no RDKit), protein, binds,
+    the first id and the number of rows; only the pairs of ``within`` when given. Rows whose SMILES the cleaning
+    rejects are left out (they are rejects)."""
+    cleaned, _ = chem.clean_smiles_expr(pl.col(SMILES), max_length)
+    pairs = frame.select(pl.col(ID), cleaned.alias("cleaned"), pl.col(PROTEIN), pl.col(BINDS)).drop_nulls(
+        "cleaned"
     )
-    if len(conflicts) == 0:
-        return
-    first = conflicts.sort(ID).row(0, named=True)
-    positive_id = (
-        rows.filter((pl.col(KEY) == first[KEY]) & (pl.col(PROTEIN) == first[PROTEIN]) & (pl.col(BINDS) == 1))
-        .select(pl.col(ID).min())
-        .collect()
-        .item()
+    if within is not None:
+        pairs = pairs.join(within, on=PAIR, how="semi")
+    return pairs.group_by(*PAIR, BINDS).agg(pl.col(ID).min().alias("first"), pl.len().alias("rows"))
+
+
+def combine_counts(parts: Iterator[pl.DataFrame]) -> pl.DataFrame:
+    """Per-batch :func:`pair_counts` as one table over the whole input: first ids and rows summed up."""
+    empty = pl.DataFrame(
+        schema={
+            "cleaned": pl.String,
+            PROTEIN: pl.String,
+            BINDS: pl.Int64,
+            "first": pl.Int64,
+            "rows": pl.UInt32,
+        }
     )
-    pairs = conflicts.select(KEY, PROTEIN).n_unique()
-    raise InputError(
-        f"{source}: column 'binds' must give one label to a molecule and protein, found 0 at id {first[ID]} and 1 at "
-        f"id {positive_id} for the same molecule with {first[PROTEIN]} ({pairs} molecule-protein pair(s) labelled "
-        "both ways; remove or reconcile the conflicting rows)"
+    return (
+        pl.concat([empty, *(part.cast(empty.schema) for part in parts)])
+        .group_by(*PAIR, BINDS)
+        .agg(pl.col("first").min(), pl.col("rows").sum())
+    )
+
+
+def label_conflicts(batches: Callable[[], Iterator[pl.DataFrame]], max_length: int) -> pl.DataFrame:
+    """The molecule-protein pairs labelled both 0 and 1 anywhere in a labelled input, before any RDKit work:
+    ``cleaned``, ``protein_name``, the first id and the number of rows of each label (``first_0``, ``rows_0``,
+    ``first_1``, ``rows_1``), sorted by ``first_0``. Two passes over the raw rows from ``batches()``: the positive
+    pairs are held in memory (0.54% of BELKA's rows), then the negatives are matched against them. Whatever the row
+    order, the batches or the files the rows come in, the result is the same."""
+
+    def counts_of(label: int, within: pl.DataFrame | None = None) -> pl.DataFrame:
+        parts = (pair_counts(batch.filter(pl.col(BINDS) == label), max_length, within) for batch in batches())
+        return combine_counts(parts).drop(BINDS)
+
+    positives = counts_of(1)
+    negatives = counts_of(0, positives.select(*PAIR)) if len(positives) else positives.clear()
+    return (
+        negatives.join(positives, on=PAIR, suffix="_1")
+        .rename({"first": "first_0", "rows": "rows_0"})
+        .sort("first_0")
+    )
+
+
+def conflict_error(conflicts: pl.DataFrame, source: str) -> InputError:
+    """The refusal of ``featurize.conflicting_labels: error``: the first conflicting negative row by id, the first
+    positive row of its pair, and how many pairs there are."""
+    first = conflicts.row(0, named=True)
+    return InputError(
+        f"{source}: column 'binds' must give one label to a molecule and protein, found 0 at id {first['first_0']} "
+        f"and 1 at id {first['first_1']} for the same molecule with {first[PROTEIN]} ({len(conflicts)} "
+        "molecule-protein pair(s) labelled both ways; reconcile the rows, or set featurize.conflicting_labels to "
+        "any (every row of such a pair binds) or drop (its rows are left out))"
+    )
+
+
+def resolve_labels(valid: pl.DataFrame, conflicts: pl.DataFrame, policy: str) -> pl.DataFrame:
+    """A batch's valid rows with ``featurize.conflicting_labels`` applied to the pairs labelled both ways in the
+    whole input: ``any`` labels every row of such a pair 1, ``drop`` leaves them out. Row order is kept."""
+    if not len(conflicts) or BINDS not in valid.columns:
+        return valid
+    marked = valid.join(
+        conflicts.select(*PAIR, pl.lit(True).alias("conflict")), on=PAIR, how="left", maintain_order="left"
+    )
+    in_conflict = pl.col("conflict").fill_null(False)
+    if policy == "drop":
+        return marked.filter(~in_conflict).drop("conflict")
+    return marked.with_columns(pl.when(in_conflict).then(1).otherwise(pl.col(BINDS)).alias(BINDS)).drop(
+        "conflict"
     )
 
 
@@ -297,12 +359,15 @@ class FeatureWorkers:
 
 class Counts(dict):
     """What a run did. ``unique`` molecules = ``reused`` + ``computed``; of them ``rejected_molecules`` failed in
-    RDKit and the rest (``molecules``) are written."""
+    RDKit and the rest (``molecules``) are written. ``conflict_pairs`` molecule-protein pairs were labelled both 0
+    and 1 (``conflict_rows`` rows); ``featurize.conflicting_labels`` relabelled ``relabelled_rows`` of them 1 (any)
+    or left ``dropped_rows`` out (drop)."""
 
     def __init__(self) -> None:
         super().__init__(
-            rows=0, rejected_rows=0, unique=0, reused=0, computed=0, rejected_molecules=0, molecules=0
-        )
+            rows=0, rejected_rows=0, unique=0, reused=0, computed=0, rejected_molecules=0, molecules=0,
+            conflict_pairs=0, conflict_rows=0, relabelled_rows=0, dropped_rows=0,
+        )  # fmt: skip
 
 
 def featurize_file(
@@ -329,30 +394,70 @@ def check_paths(source: Path, output: Path, rejects_path: Path) -> None:
             )
 
 
+@dataclass(frozen=True)
+class CheckedInput:
+    """A raw input checked before any work: the columns to read and, for labelled data, the molecule-protein
+    pairs labelled both 0 and 1 (:func:`label_conflicts`; None for unlabelled data)."""
+
+    raw: RawInput
+    columns: list[str]
+    conflicts: pl.DataFrame | None
+
+
+def check_input(source: Path, needs_binds: bool, opts: Options) -> CheckedInput:
+    """Everything that can refuse an input, before any RDKit work: the raw checks (``io.check_raw_input``), then,
+    for labelled data, the pairs labelled both ways, refused under ``featurize.conflicting_labels: error``."""
+    raw, columns = checked_input(source, needs_binds)
+    if not needs_binds:
+        return CheckedInput(raw, columns, None)
+    label_columns = [ID, SMILES, PROTEIN, BINDS]
+    conflicts = label_conflicts(
+        lambda: read_batches(raw, label_columns, CHECK_BATCH_ROWS), opts.config.max_smiles_length
+    )
+    if len(conflicts) and opts.conflicting_labels == "error":
+        raise conflict_error(conflicts, str(source))
+    return CheckedInput(raw, columns, conflicts)
+
+
 def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, needs_binds: bool) -> dict:
     check_paths(source, output, rejects_path)
+    checked = check_input(source, needs_binds, opts)
     config = opts.config
     cache_dir = opts.cache_dir / cache_namespace(config) if opts.cache_dir else None
     cache = FeatureCache(cache_dir, molecule_schema(config))
     with engine.executor(opts.engine, opts.workers, opts.worker_wait) as pool:
-        rows = raw_row_count(source)
+        rows = checked.raw.row_count()
         if isinstance(pool, engine.LazyProcessPool) and (rows is None or rows >= 3 * FeatureWorkers.SMALL):
             pool.warm_up(chem.warm_up, config)
         rdkit_work = FeatureWorkers(pool, opts.workers, config, always=opts.engine == "dask")
-        return _featurize(source, output, rejects_path, opts, needs_binds, cache, rdkit_work, rows)
+        return _featurize(checked, output, rejects_path, opts, cache, rdkit_work, rows)
+
+
+def count_conflicts(counts: Counts, conflicts: pl.DataFrame | None, policy: str) -> None:
+    """The pairs labelled both ways and what ``featurize.conflicting_labels`` did to their rows."""
+    if conflicts is None or not len(conflicts):
+        return
+    negatives, positives = int(conflicts["rows_0"].sum()), int(conflicts["rows_1"].sum())
+    counts["conflict_pairs"] = len(conflicts)
+    counts["conflict_rows"] = negatives + positives
+    if policy == "any":
+        counts["relabelled_rows"] = negatives
+    elif policy == "drop":
+        counts["dropped_rows"] = negatives + positives
 
 
 def _featurize(
-    source: Path,
+    checked: CheckedInput,
     output: Path,
     rejects_path: Path,
     opts: Options,
-    needs_binds: bool,
     cache: FeatureCache,
     pool: FeatureWorkers,
     total_rows: int | None,
 ) -> dict:
     config = opts.config
+    source = checked.raw.path
+    needs_binds = checked.conflicts is not None
     seen = KeySet()
     bar = progress(f"featurize {source}", total_rows)
     try:
@@ -360,29 +465,38 @@ def _featurize(
             (tmp / "rows").mkdir()
             (tmp / "molecules").mkdir()
             run = RunState(tmp, cache, config, bar)
+            count_conflicts(run.counts, checked.conflicts, opts.conflicting_labels)
             pending: PendingBatch | None = None  # the batch whose molecules the pool is computing
-            for number, batch in enumerate(iter_raw_batches(source, opts.batch_rows, needs_binds)):
+            for number, batch in enumerate(read_batches(checked.raw, checked.columns, opts.batch_rows)):
                 valid, rejects = clean_batch(batch, config.max_smiles_length)
+                if checked.conflicts is not None:
+                    valid = resolve_labels(valid, checked.conflicts, opts.conflicting_labels)
                 job = start_molecules(new_molecules(valid, seen), cache, pool)
                 if pending is not None:
                     run.finish(pending)  # while the pool computes this batch's molecules
                 pending = PendingBatch(number, len(batch), valid, rejects, job)
             if pending is not None:
                 run.finish(pending)
-            if needs_binds:
-                check_labels(tmp / "rows", str(source))
             counts = run.counts
             rejected = run.all_rejects()
             write_csv(rejected, rejects_path)
             _check_reject_fraction(source, rejects_path, rejected, counts, opts.max_reject_fraction)
             manifest = {
                 "source": str(source),
-                "rows": counts["rows"] - counts["rejected_rows"],
+                "rows": counts["rows"] - counts["rejected_rows"] - counts["dropped_rows"],
                 "rejected_rows": counts["rejected_rows"],
                 "molecules": counts["molecules"],
                 "features": config.spec(),
                 "labelled": needs_binds,
             }
+            if needs_binds:
+                manifest["conflicting_labels"] = {
+                    "policy": opts.conflicting_labels,
+                    **{
+                        key: counts[key]
+                        for key in ("conflict_pairs", "conflict_rows", "relabelled_rows", "dropped_rows")
+                    },
+                }
             write_json(tmp / "manifest.json", manifest)
     finally:
         bar.close()
@@ -397,6 +511,16 @@ def _featurize(
         counts["rejected_molecules"],
         counts["rejected_rows"],
     )
+    if counts["conflict_pairs"]:
+        done = (
+            f"every row of them labelled 1 ({counts['relabelled_rows']} rows relabelled)"
+            if opts.conflicting_labels == "any"
+            else f"their {counts['dropped_rows']} rows left out"
+        )
+        log.warning(
+            "%s: %d molecule-protein pairs labelled both 0 and 1 (%d rows): featurize.conflicting_labels=%s, %s",
+            source, counts["conflict_pairs"], counts["conflict_rows"], opts.conflicting_labels, done,
+        )  # fmt: skip
     return counts
 
 

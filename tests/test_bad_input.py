@@ -615,7 +615,9 @@ def test_conflicting_labels_for_one_molecule_and_protein(ws: Workspace) -> None:
         pl.lit(500, pl.Int64).alias("id"), (1 - pl.col("binds")).alias("binds")
     )
     pl.concat([frame, again]).write_parquet(ws.source)
-    message = ws.fails("must give one label to a molecule and protein", before_work=False)
+    message = ws.fails(
+        "must give one label to a molecule and protein", make_params(conflicting_labels="error")
+    )
     assert message.startswith(
         f"{ws.source}: column 'binds' must give one label to a molecule and protein, found 0 at id 500 and 1 at "
         "id 30 for the same molecule with BRD4 (1 molecule-protein pair(s) labelled both ways"
@@ -631,7 +633,10 @@ def test_conflicting_labels_found_after_cleaning(ws: Workspace) -> None:
         (1 - pl.col("binds")).alias("binds"),
     )
     pl.concat([frame, again]).write_parquet(ws.source)
-    ws.fails("found 0 at id 500 and 1 at id 10 for the same molecule with HSA", before_work=False)
+    ws.fails(
+        "found 0 at id 500 and 1 at id 10 for the same molecule with HSA",
+        make_params(conflicting_labels="error"),
+    )
 
 
 def test_the_same_molecule_and_protein_twice_with_one_label_is_kept(ws: Workspace) -> None:
