@@ -9,8 +9,10 @@ Output (a directory, written atomically):
   the bit-packed Morgan fingerprint ``fp``.
 - ``manifest.json``: counts and the feature spec (``features.FeatureConfig.spec``).
 
-Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason; the stage fails only when they
-exceed ``featurize.max_reject_fraction``. A problem of the file rather than of one row (a missing column, a null id,
+Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason. Past
+``featurize.max_reject_fraction`` of the rows, labelled (training) data fails and writes nothing, neither output
+nor rejects CSV; unlabelled (test) data is featurized anyway, with a warning, since a submission needs every id
+(predict scores the rejected rows with a fallback). A problem of the file rather than of one row (a missing column, a null id,
 building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
 (``io.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
 ``featurize.conflicting_labels``, found by a pass over the raw rows before any RDKit work (:func:`label_conflicts`):
@@ -51,11 +53,11 @@ from stages.io import (
     InputError,
     RawInput,
     atomic_dir,
+    atomic_file,
     checked_input,
     raw_columns,
     read_batches,
     shard_name,
-    write_csv,
     write_json,
     write_parquet,
 )
@@ -461,7 +463,8 @@ def _featurize(
     seen = KeySet()
     bar = progress(f"featurize {source}", total_rows)
     try:
-        with atomic_dir(output) as tmp:
+        # the rejects CSV and the output replace what was there only when the whole run succeeds
+        with atomic_file(rejects_path) as rejects_tmp, atomic_dir(output) as tmp:
             (tmp / "rows").mkdir()
             (tmp / "molecules").mkdir()
             run = RunState(tmp, cache, config, bar)
@@ -479,8 +482,10 @@ def _featurize(
                 run.finish(pending)
             counts = run.counts
             rejected = run.all_rejects()
-            write_csv(rejected, rejects_path)
-            _check_reject_fraction(source, rejects_path, rejected, counts, opts.max_reject_fraction)
+            check_reject_fraction(
+                source, rejects_path, rejected, counts, opts.max_reject_fraction, needs_binds
+            )
+            rejected.write_csv(rejects_tmp)
             manifest = {
                 "source": str(source),
                 "rows": counts["rows"] - counts["rejected_rows"] - counts["dropped_rows"],
@@ -595,17 +600,31 @@ class RunState:
         return pl.concat(self.rejects).sort(ID) if self.rejects else pl.DataFrame(schema=REJECT_SCHEMA)
 
 
-def _check_reject_fraction(
-    source: Path, rejects_path: Path, rejected: pl.DataFrame, counts: Counts, limit: float
+def check_reject_fraction(
+    source: Path, rejects_path: Path, rejected: pl.DataFrame, counts: Counts, limit: float, labelled: bool
 ) -> None:
+    """More rejected rows than ``featurize.max_reject_fraction``: labelled (training) data fails before anything is
+    written, naming the most common reasons and the first ids; unlabelled (test) data is featurized anyway with
+    one warning, since a submission needs every id (predict scores the rejected rows with a fallback)."""
     fraction = counts["rejected_rows"] / max(counts["rows"], 1)
-    if fraction > limit:
-        reasons = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False]).head(3)
-        summary = "; ".join(f"{r} ({n})" for r, n in reasons.iter_rows())
-        raise InputError(
-            f"{source}: {counts['rejected_rows']} of {counts['rows']} rows rejected ({fraction:.2%}), more "
-            f"than featurize.max_reject_fraction={limit}; see {rejects_path} (most common: {summary})"
-        )
+    if fraction <= limit:
+        return
+    share = f"{counts['rejected_rows']} of {counts['rows']} rows rejected ({fraction:.2%})"
+    if not labelled:
+        log.warning(
+            "%s: %s, more than featurize.max_reject_fraction=%s: unlabelled rows are featurized anyway (predict "
+            "scores the rejected ones with their protein's base rate; they are listed in %s)",
+            source, share, limit, rejects_path,
+        )  # fmt: skip
+        return
+    reasons = rejected.group_by("reason").len().sort(["len", "reason"], descending=[True, False]).head(3)
+    summary = "; ".join(f"{r} ({n})" for r, n in reasons.iter_rows())
+    first = ", ".join(map(str, rejected[ID].head(5).to_list()))
+    raise InputError(
+        f"{source}: {share}, more than featurize.max_reject_fraction={limit} (most common: {summary}; first ids: "
+        f"{first}); nothing was written: fix those rows, or raise the threshold to featurize the others (the "
+        f"rejected ones are then listed in {rejects_path})"
+    )
 
 
 def start_molecules(unique: pl.DataFrame, cache: FeatureCache, pool: FeatureWorkers) -> MoleculeJob:
