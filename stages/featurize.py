@@ -15,7 +15,7 @@ nor rejects CSV; unlabelled (test) data is featurized anyway, with a warning, si
 (predict scores the rejected rows with a fallback). A problem of the file rather than of one row (a missing column, a null id,
 building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
 (``io.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
-``featurize.conflicting_labels``, found by a pass over the raw rows before any RDKit work (:func:`label_conflicts`):
+``featurize.conflicting_labels``, from passes over the raw rows before any RDKit work (:func:`check_input`):
 ``error`` refuses the input, ``any`` labels every row of the pair 1, ``drop`` leaves its rows out; the count is
 logged and kept in the manifest.
 
@@ -42,7 +42,7 @@ import polars as pl
 
 from stages import chem, engine, features
 from stages.cli import progress, run_main, setup_logging
-from stages.dataset import BB_KEYS, KEY, find_sorted
+from stages.dataset import BB_KEYS, KEY, find_sorted, in_sorted
 from stages.io import (
     BB_COLUMNS,
     BINDS,
@@ -218,19 +218,28 @@ def combine_counts(parts: Iterator[pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def label_conflicts(batches: Callable[[], Iterator[pl.DataFrame]], max_length: int) -> pl.DataFrame:
-    """The molecule-protein pairs labelled both 0 and 1 anywhere in a labelled input, before any RDKit work:
-    ``cleaned``, ``protein_name``, the first id and the number of rows of each label (``first_0``, ``rows_0``,
-    ``first_1``, ``rows_1``), sorted by ``first_0``. Two passes over the raw rows from ``batches()``: the positive
-    pairs are held in memory (0.54% of BELKA's rows), then the negatives are matched against them. Whatever the row
-    order, the batches or the files the rows come in, the result is the same."""
+def label_counts(
+    batches: Callable[[], Iterator[pl.DataFrame]],
+    max_length: int,
+    label: int,
+    within: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """:func:`pair_counts` of the rows labelled ``label`` in a whole labelled input (one pass over ``batches()``):
+    ``cleaned``, ``protein_name``, ``first`` id and ``rows``. Whatever the row order, the batches or the files the
+    rows come in, the result is the same."""
+    parts = (pair_counts(batch.filter(pl.col(BINDS) == label), max_length, within) for batch in batches())
+    return combine_counts(parts).drop(BINDS)
 
-    def counts_of(label: int, within: pl.DataFrame | None = None) -> pl.DataFrame:
-        parts = (pair_counts(batch.filter(pl.col(BINDS) == label), max_length, within) for batch in batches())
-        return combine_counts(parts).drop(BINDS)
 
-    positives = counts_of(1)
-    negatives = counts_of(0, positives.select(*PAIR)) if len(positives) else positives.clear()
+def label_conflicts(
+    batches: Callable[[], Iterator[pl.DataFrame]], positives: pl.DataFrame, max_length: int
+) -> pl.DataFrame:
+    """The pairs labelled both 0 and 1, from the positive pairs (:func:`label_counts` of 1) and a pass over the
+    negatives: ``cleaned``, ``protein_name``, the first id and the number of rows of each label (``first_0``,
+    ``rows_0``, ``first_1``, ``rows_1``), sorted by ``first_0``."""
+    negatives = (
+        label_counts(batches, max_length, 0, positives.select(*PAIR)) if len(positives) else positives.clear()
+    )
     return (
         negatives.join(positives, on=PAIR, suffix="_1")
         .rename({"first": "first_0", "rows": "rows_0"})
@@ -250,20 +259,57 @@ def conflict_error(conflicts: pl.DataFrame, source: str) -> InputError:
     )
 
 
-def resolve_labels(valid: pl.DataFrame, conflicts: pl.DataFrame, policy: str) -> pl.DataFrame:
-    """A batch's valid rows with ``featurize.conflicting_labels`` applied to the pairs labelled both ways in the
-    whole input: ``any`` labels every row of such a pair 1, ``drop`` leaves them out. Row order is kept."""
-    if not len(conflicts) or BINDS not in valid.columns:
-        return valid
-    marked = valid.join(
-        conflicts.select(*PAIR, pl.lit(True).alias("conflict")), on=PAIR, how="left", maintain_order="left"
-    )
-    in_conflict = pl.col("conflict").fill_null(False)
-    if policy == "drop":
-        return marked.filter(~in_conflict).drop("conflict")
-    return marked.with_columns(pl.when(in_conflict).then(1).otherwise(pl.col(BINDS)).alias(BINDS)).drop(
-        "conflict"
-    )
+def pairs_by_protein(pairs: pl.DataFrame) -> dict[str, np.ndarray]:
+    """protein -> the sorted molecule keys of ``pairs`` (``molecule_key``, ``protein_name``)."""
+    grouped = pairs.group_by(PROTEIN).agg(pl.col(KEY))
+    return {protein: np.unique(np.asarray(keys, dtype=np.int64)) for protein, keys in grouped.iter_rows()}
+
+
+def in_pairs(rows: pl.DataFrame, pairs: dict[str, np.ndarray]) -> np.ndarray:
+    """True where a row's (``molecule_key``, ``protein_name``) is one of ``pairs`` (:func:`pairs_by_protein`)."""
+    found = np.zeros(len(rows), dtype=bool)
+    keys = rows[KEY].to_numpy()
+    for protein, sorted_keys in pairs.items():
+        of_protein = (rows[PROTEIN] == protein).to_numpy()
+        found[of_protein] = in_sorted(keys[of_protein], sorted_keys)
+    return found
+
+
+@dataclass
+class LabelPolicy:
+    """``featurize.conflicting_labels`` in the main pass. ``any``: ``pairs`` are every pair labelled 1 somewhere
+    (``molecule_key``, ``protein_name``, ``rows``), and a row of one is labelled 1, so no second pass over the
+    negatives is needed; the rows it relabels are the conflicts, counted as they come. ``drop``: ``pairs`` are the
+    pairs labelled both ways (:func:`label_conflicts`), whose rows are left out."""
+
+    policy: str
+    pairs: pl.DataFrame
+    lookup: dict[str, np.ndarray] = field(init=False)
+    relabelled: list[pl.DataFrame] = field(default_factory=list)  # any: the pair of each row relabelled
+
+    def __post_init__(self) -> None:
+        self.lookup = pairs_by_protein(self.pairs)
+
+    def apply(self, valid: pl.DataFrame) -> pl.DataFrame:
+        """A batch's valid rows (cleaned, with keys) under the policy; row order is kept."""
+        hit = pl.Series(in_pairs(valid, self.lookup))
+        if self.policy == "drop":
+            return valid.filter(~hit)
+        self.relabelled.append(valid.filter(hit & (valid[BINDS] == 0)).select(KEY, PROTEIN))
+        return valid.with_columns(pl.when(hit).then(1).otherwise(pl.col(BINDS)).alias(BINDS))
+
+    def counts(self) -> dict[str, int]:
+        """The pairs labelled both ways, their rows, and the rows relabelled 1 (any) or left out (drop)."""
+        if self.policy == "drop":
+            rows = int(self.pairs["rows_0"].sum() + self.pairs["rows_1"].sum())
+            return {"conflict_pairs": len(self.pairs), "conflict_rows": rows, "dropped_rows": rows}
+        relabelled = pl.concat([self.pairs.clear().select(KEY, PROTEIN), *self.relabelled])
+        pairs = relabelled.unique().join(self.pairs, on=[KEY, PROTEIN])
+        return {
+            "conflict_pairs": len(pairs),
+            "conflict_rows": len(relabelled) + int(pairs["rows"].sum()),
+            "relabelled_rows": len(relabelled),
+        }
 
 
 def clean_batch(batch: pl.DataFrame, max_length: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -396,29 +442,41 @@ def check_paths(source: Path, output: Path, rejects_path: Path) -> None:
             )
 
 
-@dataclass(frozen=True)
+@dataclass
 class CheckedInput:
-    """A raw input checked before any work: the columns to read and, for labelled data, the molecule-protein
-    pairs labelled both 0 and 1 (:func:`label_conflicts`; None for unlabelled data)."""
+    """A raw input checked before any work: the columns to read, whether it is labelled, and the label policy
+    for pairs labelled both 0 and 1 (None when there are none to act on)."""
 
     raw: RawInput
     columns: list[str]
-    conflicts: pl.DataFrame | None
+    labelled: bool
+    labels: LabelPolicy | None
 
 
 def check_input(source: Path, needs_binds: bool, opts: Options) -> CheckedInput:
     """Everything that can refuse an input, before any RDKit work: the raw checks (``io.check_raw_input``), then,
-    for labelled data, the pairs labelled both ways, refused under ``featurize.conflicting_labels: error``."""
+    for labelled data, the pairs labelled 1 (one pass over the raw rows) and, for ``featurize.conflicting_labels``
+    error or drop, the pairs labelled both ways (a second pass), refused under error."""
     raw, columns = checked_input(source, needs_binds)
     if not needs_binds:
-        return CheckedInput(raw, columns, None)
+        return CheckedInput(raw, columns, False, None)
+    max_length = opts.config.max_smiles_length
     label_columns = [ID, SMILES, PROTEIN, BINDS]
-    conflicts = label_conflicts(
-        lambda: read_batches(raw, label_columns, CHECK_BATCH_ROWS), opts.config.max_smiles_length
-    )
-    if len(conflicts) and opts.conflicting_labels == "error":
-        raise conflict_error(conflicts, str(source))
-    return CheckedInput(raw, columns, conflicts)
+
+    def batches() -> Iterator[pl.DataFrame]:
+        return read_batches(raw, label_columns, CHECK_BATCH_ROWS)
+
+    positives = label_counts(batches, max_length, 1)
+    if opts.conflicting_labels == "any":
+        pairs = positives
+    else:
+        pairs = label_conflicts(batches, positives, max_length)
+        if len(pairs) and opts.conflicting_labels == "error":
+            raise conflict_error(pairs, str(source))
+    if not len(pairs):
+        return CheckedInput(raw, columns, True, None)
+    keyed = pairs.with_columns(chem.keys_of(pairs["cleaned"])["key"].alias(KEY))
+    return CheckedInput(raw, columns, True, LabelPolicy(opts.conflicting_labels, keyed))
 
 
 def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, needs_binds: bool) -> dict:
@@ -435,19 +493,6 @@ def featurize(source: Path, output: Path, rejects_path: Path, opts: Options, nee
         return _featurize(checked, output, rejects_path, opts, cache, rdkit_work, rows)
 
 
-def count_conflicts(counts: Counts, conflicts: pl.DataFrame | None, policy: str) -> None:
-    """The pairs labelled both ways and what ``featurize.conflicting_labels`` did to their rows."""
-    if conflicts is None or not len(conflicts):
-        return
-    negatives, positives = int(conflicts["rows_0"].sum()), int(conflicts["rows_1"].sum())
-    counts["conflict_pairs"] = len(conflicts)
-    counts["conflict_rows"] = negatives + positives
-    if policy == "any":
-        counts["relabelled_rows"] = negatives
-    elif policy == "drop":
-        counts["dropped_rows"] = negatives + positives
-
-
 def _featurize(
     checked: CheckedInput,
     output: Path,
@@ -459,7 +504,7 @@ def _featurize(
 ) -> dict:
     config = opts.config
     source = checked.raw.path
-    needs_binds = checked.conflicts is not None
+    needs_binds = checked.labelled
     seen = KeySet()
     bar = progress(f"featurize {source}", total_rows)
     try:
@@ -468,12 +513,11 @@ def _featurize(
             (tmp / "rows").mkdir()
             (tmp / "molecules").mkdir()
             run = RunState(tmp, cache, config, bar)
-            count_conflicts(run.counts, checked.conflicts, opts.conflicting_labels)
             pending: PendingBatch | None = None  # the batch whose molecules the pool is computing
             for number, batch in enumerate(read_batches(checked.raw, checked.columns, opts.batch_rows)):
                 valid, rejects = clean_batch(batch, config.max_smiles_length)
-                if checked.conflicts is not None:
-                    valid = resolve_labels(valid, checked.conflicts, opts.conflicting_labels)
+                if checked.labels is not None:
+                    valid = checked.labels.apply(valid)
                 job = start_molecules(new_molecules(valid, seen), cache, pool)
                 if pending is not None:
                     run.finish(pending)  # while the pool computes this batch's molecules
@@ -481,6 +525,8 @@ def _featurize(
             if pending is not None:
                 run.finish(pending)
             counts = run.counts
+            if checked.labels is not None:
+                counts.update(checked.labels.counts())
             rejected = run.all_rejects()
             check_reject_fraction(
                 source, rejects_path, rejected, counts, opts.max_reject_fraction, needs_binds

@@ -114,7 +114,8 @@ def test_raw_checks_bench_small_run():
         "| parquet, ids increasing |",
         "| parquet, ids shuffled |",
         "| csv |",
-        "label conflicts over the raw rows",
+        "labelled pairs, positive",
+        "labelled pairs, both ways",
     ):
         assert row in done.stdout
 
