@@ -10,17 +10,18 @@ Output (a directory, written atomically):
 - ``manifest.json``: counts and the feature spec (``features.FeatureConfig.spec``).
 
 Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason. Past
-``featurize.max_reject_fraction`` of the rows, labelled (training) data fails and writes nothing, neither output
-nor rejects CSV; unlabelled (test) data is featurized anyway, with a warning, since a submission needs every id
-(predict scores the rejected rows with a fallback). A problem of the file rather than of one row (a missing column, a null id,
-building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
+``featurize.max_reject_fraction`` of the rows, labelled (training) data fails and writes nothing, neither output nor
+rejects CSV; unlabelled (test) data is featurized anyway, with a warning, since a submission needs every id (predict
+scores the rejected rows with a fallback). A problem of the file rather than of one row (a missing column, a null
+id, building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
 (``io.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
 ``featurize.conflicting_labels``, from passes over the raw rows before any RDKit work (:func:`check_input`):
 ``error`` refuses the input, ``any`` labels every row of the pair 1, ``drop`` leaves its rows out; the count is
 logged and kept in the manifest.
 
 The input is streamed in batches of ``featurize.batch_rows``; memory is bounded by the batch size and the worker
-count, plus 16 bytes per unique molecule for the set of molecules already seen (key and check hash, ``KeySet``).
+count, plus 16 bytes per unique molecule for the set of molecules already seen (key and check hash, ``KeySet``)
+and, for labelled data, the molecule-protein pairs labelled 1 (0.54% of BELKA's rows).
 Molecules computed before (by an earlier run, a killed run, or a run on fewer rows) are read from the feature
 cache (``resources.feature_cache``), keyed by the cleaned SMILES and the feature spec (settings, RDKit's version,
 the feature version), so only new molecules are computed. The output does not depend on what the cache held: a rerun is byte-identical to a run from scratch.
@@ -475,7 +476,7 @@ def check_input(source: Path, needs_binds: bool, opts: Options) -> CheckedInput:
             raise conflict_error(pairs, str(source))
     if not len(pairs):
         return CheckedInput(raw, columns, True, None)
-    keyed = pairs.with_columns(chem.keys_of(pairs["cleaned"])["key"].alias(KEY))
+    keyed = pairs.with_columns(chem.keys_of(pairs["cleaned"])["key"].alias(KEY)).drop("cleaned")
     return CheckedInput(raw, columns, True, LabelPolicy(opts.conflicting_labels, keyed))
 
 
