@@ -499,10 +499,6 @@ def raw_columns(path: str | os.PathLike[str]) -> list[str]:
     return RawInput(path).schema.names
 
 
-def raw_row_count(path: str | os.PathLike[str]) -> int | None:
-    return RawInput(path).row_count()
-
-
 def checked_input(path: str | os.PathLike[str], needs_binds: bool) -> tuple[RawInput, list[str]]:
     """A raw input whose whole content was checked (:func:`check_raw_input`), and the columns to read."""
     raw = RawInput(path)
