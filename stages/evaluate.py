@@ -199,13 +199,11 @@ def average_precision(pair: PairSample, counts: np.ndarray) -> np.ndarray:
     whatever the other rows of ``counts``. NaN where a weighting has no positive weight."""
     if not len(pair.starts):
         return np.full(len(counts), np.nan)
-    predicted = np.cumsum(
-        np.add.reduceat(counts[:, pair.molecule], pair.starts, axis=1, dtype=np.int64), axis=1
-    )
-    hits = np.cumsum(
-        np.add.reduceat(counts[:, pair.positive_molecule], pair.positive_starts, axis=1, dtype=np.int64),
-        axis=1,
-    )
+    # int32 sums (a segment holds at most a group's draws), int64 running totals: no copy of the (r, rows) array
+    predicted = np.add.reduceat(counts[:, pair.molecule], pair.starts, axis=1, dtype=np.int32)
+    predicted = np.cumsum(predicted, axis=1, dtype=np.int64)
+    hits = np.add.reduceat(counts[:, pair.positive_molecule], pair.positive_starts, axis=1, dtype=np.int32)
+    hits = np.cumsum(hits, axis=1, dtype=np.int64)
     total = hits[:, -1]
     precision = hits / np.maximum(predicted, 1)  # predicted >= hits: 0 only where hits are
     steps = np.diff(hits, axis=1, prepend=0)

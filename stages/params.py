@@ -209,7 +209,7 @@ class Resources(Section):
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
     # megabytes evaluate's bootstrap computes in at once (its samples are chunked to fit; the intervals do not
     # depend on it), and at most half of it for a batch's design matrix
-    evaluate_memory_mb: int = Field(default=1024, ge=64, le=1_048_576)
+    evaluate_memory_mb: int = Field(default=256, ge=64, le=1_048_576)
     feature_cache: str | None = Field(default=None, min_length=1)
     external_memory_dir: str | None = Field(default=None, min_length=1)
     # seconds a Dask run waits for the workers it lacks before failing (at the start, after losing one)

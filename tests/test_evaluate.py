@@ -3,6 +3,7 @@ bootstrap's weighted AP against sklearn's own, and its intervals against a known
 scoring's mixed sample and memory budget, which must change no figure they are not meant to."""
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,22 @@ def test_bootstrap_intervals_do_not_depend_on_the_memory_budget(monkeypatch):
         assert len(chunks) >= 6 * 8 and sum(chunks) == 6 * 60, chunks  # at least 8 chunks, every sample once
     assert chunks == [1] * 6 * 60  # a budget below one sample's need: one at a time
     assert bootstrap_intervals(frame, samples=60, seed=3) != whole
+
+
+def test_the_bootstrap_stays_under_its_memory_budget():
+    """numpy's allocations (tracemalloc sees them) at their peak, the pairs' preparation included: under the
+    budget, and more of it used when there is more (more samples at a time)."""
+    frame = valid_frame(40_000, np.random.default_rng(4))
+    peaks = {}
+    for budget in (16 << 20, 64 << 20):
+        tracemalloc.start()
+        try:
+            bootstrap_intervals(frame, samples=200, seed=1, budget_bytes=budget)
+            peaks[budget] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peaks[budget] <= budget, (budget, peaks)
+    assert peaks[64 << 20] > 2 * peaks[16 << 20], peaks
 
 
 def test_scoring_batches_shrink_with_the_budget():
