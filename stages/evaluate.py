@@ -227,7 +227,7 @@ def samples_per_chunk(samples: int, sizes: list[int], pairs: list[PairSample], b
     return int(min(samples, max(1, (budget_bytes - 16 * max(sizes, default=0)) // max(per_sample, 1))))
 
 
-def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_bytes: int = 1 << 30) -> dict:
+def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_bytes: int = 256 * MB) -> dict:
     """95% percentile intervals of ``score``, ``share`` and ``non_share`` over ``samples`` bootstrap draws of the
     valid molecules, each group's molecules resampled with replacement (the groups keep their sizes, as in
     Kaggle's test), every row of a drawn molecule counted as many times as it was drawn. Samples are computed a
@@ -236,8 +236,8 @@ def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_byt
     if samples == 0 or len(frame) == 0:
         return {}
     frame = frame.select(
-        pl.col(PROTEIN).cast(pl.String),
-        pl.col("group").cast(pl.String),
+        PROTEIN,
+        "group",
         BINDS,
         "prob",
         pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule"),
