@@ -12,9 +12,10 @@ positives. A seeded bootstrap over valid molecules (resampled within each group,
 together, ``evaluate.bootstrap_samples`` times) gives a 95% percentile interval for ``score``, ``share`` and
 ``non_share``; pairs with fewer than ``evaluate.min_positives`` positives are flagged.
 
-Memory: the valid part is read and scored in batches; evaluate keeps, per share or non-share row and per sampled
-mixed row, the float32 score, label, protein and group (a byte each), unseen blocks and molecule key (about 16
-bytes a row). The bootstrap computes as many samples at a time as ``resources.evaluate_memory_mb`` allows (about 4
+Memory: a first pass reads the mixed rows' keys to draw the mixed sample (keeping the best candidates only); the
+second reads and scores the valid part in batches, the mixed rows outside the sample counted but never scored, and
+keeps, per share or non-share row and per sampled mixed row, the float32 score, label, protein and group (a byte
+each), unseen blocks and molecule key (about 16 bytes a row). The bootstrap computes as many samples at a time as ``resources.evaluate_memory_mb`` allows (about 4
 bytes a scored molecule a sample), each sample from its own seeded generator, so its intervals do not depend on
 the budget; the budget also caps the rows scored at a time. It changes no output, so it is not a stage param.
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ SCORED = ("share", "non_share")  # Kaggle's groups: the score is the mean over t
 GROUPS = (*SCORED, "mixed")
 GROUP = pl.Enum(GROUPS)
 SCORE_ROWS = 200_000  # rows scored at a time at most (memory only)
+READ_ROWS = 1_000_000  # rows whose keys are read at a time to draw the mixed sample (memory only)
 CONFIDENCE = 0.95
 MB = 1 << 20
 DRAW = "_draw"  # the mixed sample's hash column
@@ -335,32 +337,34 @@ def scoring_rows(n_features: int, budget_bytes: int) -> int:
     return int(min(SCORE_ROWS, max(1_000, budget_bytes // 2 // (12 * max(n_features, 1)))))
 
 
-def scored_batches(
-    train_rows: Path, valid_rows: Path, features_dir: Path, model: Model, batch_rows: int
+def valid_batches(
+    train_rows: Path, valid_rows: Path, batch_rows: int, model: Model
 ) -> Iterator[pl.DataFrame]:
-    """The valid rows scored by the model, a batch at a time, in compact columns: protein (an enum of the model's
-    proteins), group, unseen_blocks, molecule key, label, probability (float32: XGBoost's own precision), and how
-    many of the row's building blocks the training part holds (Kaggle's test of the group)."""
-    store = MoleculeStore(features_dir)
-    model.check_features(store)
+    """The valid rows a batch at a time, in compact columns: protein (an enum of the model's proteins), group,
+    unseen_blocks, molecule key, label, and how many of the row's building blocks the training part holds
+    (Kaggle's test of the group)."""
     seen = seen_building_blocks(train_rows)
-    proteins = pl.Enum(model.categories)
     bar = progress("evaluate", count_rows(valid_rows))
     for rows in iter_row_batches(valid_rows, batch_rows):
         model.check_proteins(rows[PROTEIN], str(valid_rows))
         yield pl.DataFrame(
             {
-                PROTEIN: rows[PROTEIN].cast(proteins),
+                PROTEIN: rows[PROTEIN].cast(pl.Enum(model.categories)),
                 "group": group_of(rows[UNSEEN]).cast(GROUP),
                 UNSEEN: rows[UNSEEN].cast(pl.Int8),
                 KEY: rows[KEY],
                 BINDS: rows[BINDS].cast(pl.Int8),
-                "prob": model.predict(rows, store).astype(np.float32),
                 "blocks_in_training": blocks_seen(rows, seen),
             }
         )
         bar.update(len(rows))
     bar.close()
+
+
+def mixed_keys(valid_rows: Path) -> Iterator[np.ndarray]:
+    """The molecule keys of the mixed rows of the valid part, a batch at a time (two columns read)."""
+    for rows in iter_row_batches(valid_rows, READ_ROWS, columns=[KEY, UNSEEN]):
+        yield rows.filter(pl.col(UNSEEN).is_in([1, 2]))[KEY].to_numpy()
 
 
 def group_check(frame: pl.DataFrame) -> dict:
@@ -374,53 +378,40 @@ def group_check(frame: pl.DataFrame) -> dict:
     }
 
 
-class MoleculeSample:
-    """The rows of the ``size`` molecules with the smallest seeded hash of their key (ties broken by the key)
-    among the rows added, in the order they came: the same rows whatever the batches, in memory bounded by a few
-    times the sample's rows plus a batch (candidates are cut back to the sample as they pile up)."""
+Cutoff = tuple[float, int]  # (hash, key) of the last molecule in the mixed sample
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-        self.parts: list[pl.DataFrame] = []
-        self.rows = 0
-        self.limit = 6 * size  # rows held before cutting back
-        self.cutoff: tuple[float, int] | None = None  # (hash, key) of the last molecule in
 
-    def add(self, rows: pl.DataFrame) -> None:
-        if self.size == 0 or len(rows) == 0:
-            return
-        rows = rows.with_columns(pl.Series(DRAW, uniform_hash(rows[KEY].to_numpy(), self.seed ^ MIXED_SALT)))
-        if self.cutoff is not None:
-            rows = rows.filter(self._within(*self.cutoff))
-        self.parts.append(rows)
-        self.rows += len(rows)
-        if self.rows > self.limit:
-            self._cut()
-            self.limit = max(self.limit, 2 * self.rows)
+def _draw(keys: np.ndarray, seed: int) -> np.ndarray:
+    return uniform_hash(keys, seed ^ MIXED_SALT)
 
-    @staticmethod
-    def _within(draw: float, key: int) -> pl.Expr:
-        return (pl.col(DRAW) < draw) | ((pl.col(DRAW) == draw) & (pl.col(KEY) <= key))
 
-    def _cut(self) -> None:
-        if not self.parts:
-            return
-        rows = pl.concat(self.parts)
-        molecules = rows.select(DRAW, KEY).unique().sort(DRAW, KEY)
-        if len(molecules) > self.size:
-            self.cutoff = molecules.row(self.size - 1)
-            rows = rows.filter(self._within(*self.cutoff))
-        self.parts, self.rows = [rows], len(rows)
+def sample_cutoff(keys: Iterable[np.ndarray], size: int, seed: int) -> Cutoff | None:
+    """The mixed sample: the ``size`` molecules with the smallest seeded hash of their key (ties broken by the
+    key) among ``keys`` (batches of mixed molecule keys, repeats allowed), given by the last one in; None where
+    there are no more than ``size`` (all are in). The same whatever the batches; memory: the ``size`` best and a
+    batch."""
+    if size == 0:
+        return (-1.0, 0)  # below every hash: none is in
+    best = pl.DataFrame(schema={DRAW: pl.Float64, KEY: pl.Int64})
+    for batch in keys:
+        frame = pl.DataFrame({DRAW: _draw(batch, seed), KEY: batch}, schema=best.schema)
+        if len(best) == size:
+            frame = frame.filter(pl.col(DRAW) <= best[DRAW][-1])
+        best = pl.concat([best, frame]).unique().sort(DRAW, KEY).head(size)
+    return best.row(size - 1) if len(best) == size else None
 
-    def result(self) -> pl.DataFrame | None:
-        """The sampled rows (without the hash), or None when none was added."""
-        self._cut()
-        return self.parts[0].drop(DRAW) if self.parts and len(self.parts[0]) else None
+
+def in_sample(keys: np.ndarray, cutoff: Cutoff | None, seed: int) -> np.ndarray:
+    """True for the keys of the mixed sample that ``cutoff`` ends."""
+    if cutoff is None:
+        return np.ones(len(keys), dtype=bool)
+    draw = _draw(keys, seed)
+    return (draw < cutoff[0]) | ((draw == cutoff[0]) & (keys <= cutoff[1]))
 
 
 @dataclass
 class Kept:
-    """What evaluate keeps of the scored valid rows: every share and non-share row, the sampled mixed rows."""
+    """What evaluate keeps of the valid rows: every share and non-share row, the rows of the mixed sample, scored."""
 
     frame: pl.DataFrame
     groups_against_training: dict
@@ -429,13 +420,17 @@ class Kept:
     positives: int
 
 
-def keep_for_scoring(batches: Iterable[pl.DataFrame], mixed_sample: int, seed: int) -> Kept:
-    """Every share and non-share row of the scored batches, and the rows of ``mixed_sample`` mixed molecules drawn
-    by a seeded hash of their key (:class:`MoleculeSample`: the same whatever the batches); the group check and
-    the mixed rows' counts are summed batch by batch. No leaderboard scores the mixed molecules (Kaggle's test has
-    none), so a sample is enough for their figure; the score does not depend on it."""
-    scored: list[pl.DataFrame] = []
-    sample = MoleculeSample(mixed_sample, seed)
+def keep_for_scoring(
+    batches: Iterable[pl.DataFrame],
+    score: Callable[[pl.DataFrame], np.ndarray],
+    cutoff: Cutoff | None,
+    seed: int,
+) -> Kept:
+    """Every share and non-share row of ``batches`` and the rows of the mixed sample that ``cutoff`` ends
+    (:func:`sample_cutoff`), scored by ``score`` (a float32 ``prob``); the other mixed rows are counted, never
+    scored. The group check and the counts are summed batch by batch. No leaderboard scores the mixed molecules
+    (Kaggle's test has none), so a sample is enough for their figure; the score does not depend on it."""
+    parts: list[pl.DataFrame] = []
     check = {"share_rows_with_a_block_not_in_training": 0, "non_share_rows_with_a_block_in_training": 0}
     rows = positives = mixed_rows = mixed_positives = 0
     for batch in batches:
@@ -445,17 +440,19 @@ def keep_for_scoring(batches: Iterable[pl.DataFrame], mixed_sample: int, seed: i
             for name, count in group_check(batch).items():
                 check[name] += count
             batch = batch.drop("blocks_in_training")
-        is_scored = pl.col("group").is_in(SCORED)
-        scored.append(batch.filter(is_scored))
-        mixed = batch.filter(~is_scored)
-        mixed_rows += len(mixed)
-        mixed_positives += int(mixed[BINDS].sum() or 0)
-        sample.add(mixed)
-    sampled = sample.result()
-    frame = pl.concat([*scored, *([sampled] if sampled is not None else [])], rechunk=True)
+        mixed = ~batch["group"].is_in(SCORED).to_numpy()
+        mixed_rows += int(mixed.sum())
+        mixed_positives += int(batch[BINDS].to_numpy()[mixed].sum())
+        keep = ~mixed
+        keep[mixed] = in_sample(batch[KEY].to_numpy()[mixed], cutoff, seed)
+        batch = batch.filter(pl.Series(keep))
+        if len(batch):
+            parts.append(batch.with_columns(pl.Series("prob", score(batch), dtype=pl.Float32)))
+    frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame()
+    sampled = frame.filter(~pl.col("group").is_in(SCORED)) if len(frame) else frame
     counts = {
-        "sample_molecules": 0 if sampled is None else sampled[KEY].n_unique(),
-        "sample_rows": 0 if sampled is None else len(sampled),
+        "sample_molecules": sampled[KEY].n_unique() if len(sampled) else 0,
+        "sample_rows": len(sampled),
         "rows": mixed_rows,
         "positives": mixed_positives,
     }
@@ -475,12 +472,12 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
     figures, the bootstrap (under ``memory_mb`` megabytes) and the plots. ``memory_mb`` changes no output."""
     budget = memory_mb * MB
     model = load_model(model_dir)
+    store = MoleculeStore(features_dir)
+    model.check_features(store)
+    cutoff = sample_cutoff(mixed_keys(valid_rows), params.mixed_sample, params.seed)
     batch_rows = scoring_rows(len(model.manifest["feature_names"]), budget)
-    kept = keep_for_scoring(
-        scored_batches(train_rows, valid_rows, features_dir, model, batch_rows),
-        params.mixed_sample,
-        params.seed,
-    )
+    batches = valid_batches(train_rows, valid_rows, batch_rows, model)
+    kept = keep_for_scoring(batches, lambda rows: model.predict(rows, store), cutoff, params.seed)
     frame = kept.frame
     metrics, summary = score_predictions(frame, params.min_positives)
     summary["rows"], summary["positives"] = kept.rows, kept.positives  # all valid rows, not only those kept

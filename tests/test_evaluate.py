@@ -23,6 +23,7 @@ from stages.evaluate import (
     evaluate,
     group_check,
     keep_for_scoring,
+    sample_cutoff,
     score_predictions,
     scoring_rows,
 )
@@ -314,7 +315,9 @@ def scored_batch_rows(rng: np.random.Generator) -> pl.DataFrame:
     # molecule 0 is non-share (rows 0-2), molecule 1 share (rows 3-5): one row uses a training block, three don't
     blocks = frame["blocks_in_training"].to_numpy().copy()
     blocks[0], blocks[3:6] = 1, 2
-    frame = frame.with_columns(pl.Series("blocks_in_training", blocks, dtype=pl.Int8))
+    frame = frame.with_columns(
+        pl.Series("blocks_in_training", blocks, dtype=pl.Int8), pl.col("prob").cast(pl.Float32)
+    )
     return frame.sample(fraction=1.0, shuffle=True, seed=0)
 
 
@@ -322,9 +325,28 @@ def in_batches(frame: pl.DataFrame, size: int) -> list[pl.DataFrame]:
     return [frame.slice(start, size) for start in range(0, len(frame), size)]
 
 
+def keep(frame: pl.DataFrame, size: int, mixed_sample: int, seed: int, scored: list[int] | None = None):
+    """The stage's two passes over ``frame`` in batches of ``size``: the mixed sample's keys, then the rows kept,
+    scored by their own ``prob`` (``scored`` counts the rows each call was given)."""
+    keys = (
+        batch.filter(pl.col("group") == "mixed")["molecule_key"].to_numpy()
+        for batch in in_batches(frame, size)
+    )
+    cutoff = sample_cutoff(keys, mixed_sample, seed)
+
+    def score(rows: pl.DataFrame) -> np.ndarray:
+        if scored is not None:
+            scored.append(len(rows))
+        return rows["prob"].to_numpy()
+
+    return keep_for_scoring(in_batches(frame, size), score, cutoff, seed)
+
+
 def test_the_mixed_sample_is_seeded_takes_whole_molecules_and_does_not_depend_on_the_batches():
     frame = scored_batch_rows(np.random.default_rng(5))
-    kept = keep_for_scoring(in_batches(frame, 1000), mixed_sample=50, seed=4)
+    scored: list[int] = []
+    kept = keep(frame, 1000, mixed_sample=50, seed=4, scored=scored)
+    assert sum(scored) == len(kept.frame) == 1800 + 150  # the mixed rows outside the sample are never scored
     mixed = kept.frame.filter(pl.col("group") == "mixed")
     all_mixed = frame.filter(pl.col("group") == "mixed")
     assert mixed["molecule_key"].n_unique() == 50 == kept.mixed["sample_molecules"]
@@ -340,19 +362,16 @@ def test_the_mixed_sample_is_seeded_takes_whole_molecules_and_does_not_depend_on
         "share_rows_with_a_block_not_in_training": 3,
         "non_share_rows_with_a_block_in_training": 1,
     }
-    for size in (
-        7,
-        64,
-        5000,
-    ):  # the same rows whatever the batches (a batch of 7 is smaller than a molecule's rows apart)
-        assert keep_for_scoring(in_batches(frame, size), 50, 4).frame.equals(kept.frame), size
-    other = keep_for_scoring(in_batches(frame, 1000), 50, 5).frame.filter(pl.col("group") == "mixed")
+    # the same rows whatever the batches (a batch of 7 is smaller than a molecule's rows apart)
+    for size in (7, 64, 5000):
+        assert keep(frame, size, 50, 4).frame.equals(kept.frame), size
+    other = keep(frame, 1000, 50, 5).frame.filter(pl.col("group") == "mixed")
     assert set(other["molecule_key"]) != set(mixed["molecule_key"])  # seeded
     first = set(all_mixed["molecule_key"].unique(maintain_order=True).head(50))
     assert set(mixed["molecule_key"]) != first  # drawn, not the first 50 to come
-    everything = keep_for_scoring(in_batches(frame, 1000), 10_000, 4)
+    everything = keep(frame, 1000, 10_000, 4)
     assert everything.frame.filter(pl.col("group") == "mixed").equals(all_mixed.drop("blocks_in_training"))
-    none = keep_for_scoring(in_batches(frame, 1000), 0, 4)
+    none = keep(frame, 1000, 0, 4)
     assert none.mixed == {
         "sample_molecules": 0,
         "sample_rows": 0,
@@ -364,9 +383,7 @@ def test_the_mixed_sample_is_seeded_takes_whole_molecules_and_does_not_depend_on
 
 def test_score_share_and_non_share_do_not_depend_on_the_mixed_sample():
     frame = scored_batch_rows(np.random.default_rng(6))
-    metrics = {
-        k: score_predictions(keep_for_scoring(in_batches(frame, 500), k, 0).frame)[0] for k in (0, 10, 10_000)
-    }
+    metrics = {k: score_predictions(keep(frame, 500, k, 0).frame)[0] for k in (0, 10, 10_000)}
     assert "mixed" not in metrics[0] and metrics[10]["mixed"] != metrics[10_000]["mixed"]
     for name in ("score", "share", "non_share", "pairs_scored", "ap_BRD4", "roc_auc_sEH", "ap_HSA_non_share"):
         assert metrics[0][name] == metrics[10][name] == metrics[10_000][name], name
