@@ -98,7 +98,15 @@ def run(base: dict, raw_train: Path, work: Path, configs: list[Config]) -> list[
             seconds = time.perf_counter() - started
             out.mkdir(exist_ok=True)
             files = evaluate.EvaluateOutput(out / "metrics.json", out / "summary.json", out / "plots")
-            metrics = evaluate.evaluate(params.evaluate, parts.train, parts.valid, features, models, files)
+            metrics = evaluate.evaluate(
+                params.evaluate,
+                parts.train,
+                parts.valid,
+                features,
+                models,
+                files,
+                params.resources.evaluate_memory_mb,
+            )
             summary = json.loads(files.summary.read_text())
             kept = sum(best + 1 for best in result["best_iteration"].values())
             results.append({"config": config, "metrics": metrics, "summary": summary, "seconds": seconds,

@@ -108,6 +108,9 @@ def plots_section(plots: list[Plot], images: dict[str, str], plots_url: str | No
     return "\n".join(lines)
 
 
+GROUPS_OF = {"score": ("share", "non_share"), "share": ("share",), "non_share": ("non_share",)}
+
+
 @dataclass
 class Evaluation:
     """One revision's evaluate outputs: the figures (metrics/evaluate.json) and the summary with the bootstrap
@@ -131,6 +134,23 @@ class Evaluation:
         """The bootstrap 95% interval of a figure, [low, high], if evaluate gave one."""
         return self.summary.get("bootstrap", {}).get(name)
 
+    def pairs(self, name: str = "score") -> set[tuple[str, str]]:
+        """The (protein, group) pairs a figure averages: those with an AP (``ap_<protein>_<group>``) in its groups
+        (``score``: share and non-share). A pair without positives has no AP and is left out of the mean."""
+        groups = GROUPS_OF.get(name, ())
+        found = set()
+        for key in self.metrics:
+            group = next((g for g in ("non_share", "share") if key.endswith(f"_{g}")), None)
+            if key.startswith("ap_") and group in groups:
+                found.add((key[3 : -len(group) - 1], group))
+        return found
+
+    def pairs_scored(self) -> int:
+        """How many pairs ``score`` averages: evaluate's ``pairs_scored``, or counted from the per-pair APs of a
+        revision that did not write it."""
+        value = self.metrics.get("pairs_scored")
+        return int(value) if value is not None else len(self.pairs())
+
     def figure(self, name: str) -> str:
         value = self.metrics.get(name)
         interval = self.interval(name)
@@ -143,7 +163,9 @@ def uncertainty_section(
     head: Evaluation | None, base: Evaluation | None, base_name: str | None
 ) -> str | None:
     """Score, share and non_share with their bootstrap 95% intervals, on this branch and the target, whether the
-    change is inside this branch's interval, and the pairs with too few positives to trust."""
+    change is inside this branch's interval, how many pairs the score averages, and the pairs with too few
+    positives to trust. A figure whose mean covers other pairs on the two sides (a pair without positives on one
+    side) is not comparable, and the note says so instead of giving its change a meaning."""
     if head is None:
         return None
     target = f"`{base_name}`" if base_name else "target"
@@ -158,8 +180,30 @@ def uncertainty_section(
             delta = head.metrics[name] - base.metrics[name]
             interval = head.interval(name)
             inside = interval is not None and interval[0] <= base.metrics[name] <= interval[1]
-            change = f"{delta:+.4f}" + (" (inside the interval: not distinguishable)" if inside else "")
+            if head.pairs(name) != base.pairs(name):
+                change = f"{delta:+.4f} (not comparable: averages other pairs)"
+            else:
+                change = f"{delta:+.4f}" + (" (inside the interval: not distinguishable)" if inside else "")
         lines.append(f"| {name} | {head.figure(name)} | {base.figure(name) if base else '-'} | {change} |")
+    differ = base is not None and head.pairs() != base.pairs()
+    lines.append(
+        f"| pairs scored | {head.pairs_scored()} | {base.pairs_scored() if base else '-'} | "
+        f"{'differ' if differ else ''} |"
+    )
+    if differ:
+        only_head, only_base = sorted(head.pairs() - base.pairs()), sorted(base.pairs() - head.pairs())
+        named = "; ".join(
+            f"{where}: {', '.join(f'{p}/{g}' for p, g in pairs)}"
+            for where, pairs in (
+                ("scored on this branch only", only_head),
+                (f"scored on {target} only", only_base),
+            )
+            if pairs
+        )
+        lines.append(
+            f"\n**The two scores average different pairs** ({named}): a pair without positives has no AP and is "
+            "left out of the mean, so the change in score measures the pairs as much as the model."
+        )
     few = head.summary.get("pairs_with_few_positives") or []
     if few:
         pairs = head.summary.get("pairs", {})

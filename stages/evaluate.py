@@ -3,22 +3,32 @@
 Kaggle's score is the plain mean of ``average_precision_score`` over (protein, building-block group) pairs: ``share``
 molecules have every building block in the training data, ``non_share`` molecules none (Kaggle's test has no
 molecule that mixes the two). The split records each valid molecule's ``unseen_blocks`` (0 to 3); molecules with 1
-or 2 are ``mixed``: not in Kaggle's test, so they are reported apart and left out of ``score``. A pair with no
-positive rows has no average precision and is left out (the summary counts it).
+or 2 are ``mixed``: not in Kaggle's test, so they are reported apart and left out of ``score``, and scored from a
+seeded sample of ``evaluate.mixed_sample`` molecules (0: not at all). A pair with no positive rows has no average
+precision and is left out: ``pairs_scored`` says how many pairs ``score`` averages.
 
 The figures of one valid part move with which molecules happen to be in it, most of all where a pair holds few
 positives. A seeded bootstrap over valid molecules (resampled within each group, all rows of a drawn molecule
 together, ``evaluate.bootstrap_samples`` times) gives a 95% percentile interval for ``score``, ``share`` and
 ``non_share``; pairs with fewer than ``evaluate.min_positives`` positives are flagged.
 
+Memory: a first pass reads the mixed rows' keys to draw the mixed sample (keeping the best candidates only); the
+second reads and scores the valid part in batches, the mixed rows outside the sample counted but never scored, and
+keeps, per share or non-share row and per sampled mixed row, the float32 score, label, protein and group (a byte
+each), unseen blocks and molecule key (about 16 bytes a row). The bootstrap computes as many samples at a time as ``resources.evaluate_memory_mb`` allows (about 4
+bytes a scored molecule a sample), each sample from its own seeded generator, so its intervals do not depend on
+the budget; the budget also caps the rows scored at a time. It changes no output, so it is not a stage param.
+
 Writes:
 
 - ``--metrics`` (``metrics/evaluate.json``): only figures worth comparing across experiments: ``score`` (the mean
-  over the share and non-share pairs), ``share``, ``non_share`` and ``mixed`` (the mean over the proteins of that
-  group), AP and ROC AUC per protein (over the share and non-share rows), AP per scored pair.
+  over the share and non-share pairs), ``pairs_scored`` (how many pairs that mean covers, 6 when every pair has a
+  positive), ``share``, ``non_share`` and ``mixed`` (the mean over the proteins of that group), AP and ROC AUC per
+  protein (over the share and non-share rows), AP per scored pair.
 - ``--summary``: the bootstrap intervals, flagged pairs, row counts, positives and rates per protein and pair, rows,
-  positives and AP per protein for every number of unseen blocks, and a check of the groups against the building
-  blocks actually in the training part (Kaggle's definition).
+  positives and AP per protein for every number of unseen blocks (1 and 2: of the mixed sample), the mixed
+  sample's size against all mixed rows, and a check of the groups against the building blocks actually in the
+  training part (Kaggle's definition).
 - ``--plots``: PR and ROC curves per (protein, group) (``pr.csv``, ``roc.csv``) and the model's most important
   features by gain (``importance.csv``), for ``dvc plots``.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +51,19 @@ from stages.io import BINDS, PROTEIN, atomic_dir, write_csv, write_json
 from stages.model import Model, load_model
 from stages.molecules import MoleculeStore
 from stages.params import Evaluate, load_params
+from stages.split import uniform_hash
 
 log = logging.getLogger("stages.evaluate")
 
 SCORED = ("share", "non_share")  # Kaggle's groups: the score is the mean over these pairs
 GROUPS = (*SCORED, "mixed")
-SCORE_ROWS = 200_000  # rows scored at a time (memory only)
+GROUP = pl.Enum(GROUPS)
+SCORE_ROWS = 200_000  # rows scored at a time at most (memory only)
+READ_ROWS = 1_000_000  # rows whose keys are read at a time to draw the mixed sample (memory only)
 CONFIDENCE = 0.95
+MB = 1 << 20
+DRAW = "_draw"  # the mixed sample's hash column
+MIXED_SALT = 0x313D_5A3F  # the mixed sample draws on another stream than the split's draws of the same seed
 
 
 def seen_building_blocks(rows_dir: Path) -> np.ndarray:
@@ -119,7 +136,9 @@ def score_predictions(frame: pl.DataFrame, min_positives: int = 0) -> tuple[dict
         summary["proteins"][protein] = _counts(y)
     for (protein, group), ap in scored.items():
         metrics[f"ap_{protein}_{group}"] = ap
-    summary["pairs_scored"] = sum(ap is not None for ap in scored.values())
+    # how many pairs ``score`` averages: a pair without positives has no AP and is left out, so two runs'
+    # scores measure the same thing only when they cover the same pairs
+    metrics["pairs_scored"] = sum(ap is not None for ap in scored.values())
     summary["pairs_without_positives"] = sorted(f"{p}/{g}" for (p, g), ap in scored.items() if ap is None)
     summary["pairs_with_few_positives"] = sorted(
         name
@@ -139,70 +158,113 @@ def score_predictions(frame: pl.DataFrame, min_positives: int = 0) -> tuple[dict
 # ---------------------------------------------------------------------------------------------- bootstrap
 
 
-def weighted_average_precision(
-    labels: np.ndarray, weights: np.ndarray, last_of_tie: np.ndarray
-) -> np.ndarray:
-    """sklearn's ``average_precision_score`` with ``sample_weight``, for many weightings at once.
-
-    ``labels`` (n,) are sorted by decreasing score; ``weights`` (r, n) holds one weighting per row of ``r``;
-    ``last_of_tie`` indexes the last row of each run of equal scores (the thresholds). AP is the sum over
-    thresholds of (recall step) x (precision at that threshold); NaN where a weighting has no positive weight.
-    """
-    true_positives = np.cumsum(weights * labels, axis=1)[:, last_of_tie]
-    predicted = np.cumsum(weights, axis=1)[:, last_of_tie]
-    total = true_positives[:, -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, true_positives / np.where(predicted > 0, predicted, 1), 0.0)
-        steps = np.diff(true_positives, axis=1, prepend=0.0)
-        return np.where(total[:, 0] > 0, (steps * precision).sum(axis=1) / total[:, 0], np.nan)
-
-
 @dataclass
 class PairSample:
-    """One (protein, group) pair, sorted by decreasing score, with each row's molecule index in its group."""
+    """One (protein, group) pair prepared for weighted average precision, rows by decreasing score.
+
+    Only the thresholds (runs of equal scores) that hold a positive row change the AP: ``molecule`` is each row's
+    molecule index in its group, up to the last row of the last such threshold; ``starts`` the first row of each
+    stretch that ends with such a threshold; ``positive_molecule`` the molecule of each positive row and
+    ``positive_starts`` the first positive of each such threshold."""
 
     protein: str
     group: str
-    labels: np.ndarray
     molecule: np.ndarray
-    last_of_tie: np.ndarray
+    starts: np.ndarray
+    positive_molecule: np.ndarray
+    positive_starts: np.ndarray
 
     @classmethod
-    def of(cls, protein: str, group: str, part: pl.DataFrame) -> PairSample:
-        order = np.argsort(-part["prob"].to_numpy(), kind="stable")
-        scores = part["prob"].to_numpy()[order]
-        last = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True])
-        return cls(protein, group, part[BINDS].to_numpy()[order].astype(np.float64),
-                   part["molecule"].to_numpy()[order], last)  # fmt: skip
+    def of(
+        cls, protein: str, group: str, labels: np.ndarray, scores: np.ndarray, molecule: np.ndarray
+    ) -> PairSample:
+        order = np.argsort(-scores, kind="stable")
+        scores, labels, molecule = scores[order], labels[order], molecule[order]
+        threshold = np.cumsum(np.r_[False, scores[1:] != scores[:-1]])  # each row's threshold, 0, 1, ...
+        positive = np.flatnonzero(labels)
+        of_positive = threshold[positive]
+        positive_starts = np.flatnonzero(np.r_[True, of_positive[1:] != of_positive[:-1]])[: len(positive)]
+        ends = np.searchsorted(threshold, of_positive[positive_starts], side="right")  # one past each
+        starts = np.r_[0, ends[:-1]].astype(np.intp) if len(ends) else np.empty(0, dtype=np.intp)
+        return cls(protein, group, molecule[: ends[-1] if len(ends) else 0], starts, molecule[positive],
+                   positive_starts)  # fmt: skip
+
+    def nbytes(self) -> int:
+        """Bytes a bootstrap sample needs for this pair beyond its group's counts (see average_precision)."""
+        return 4 * (len(self.molecule) + len(self.positive_molecule)) + 64 * len(self.starts)
 
 
-def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, chunk: int = 100) -> dict:
+def average_precision(pair: PairSample, counts: np.ndarray) -> np.ndarray:
+    """sklearn's ``average_precision_score`` with ``sample_weight``, for many weightings at once: ``counts`` (r,
+    molecules of the pair's group) weighs every row of a molecule by how often it was drawn. AP is the sum over
+    thresholds of (recall step) x (precision at that threshold); integer sums, so a weighting's AP is the same
+    whatever the other rows of ``counts``. NaN where a weighting has no positive weight."""
+    if not len(pair.starts):
+        return np.full(len(counts), np.nan)
+    # int32 sums (a segment holds at most a group's draws), int64 running totals: no copy of the (r, rows) array
+    predicted = np.add.reduceat(counts[:, pair.molecule], pair.starts, axis=1, dtype=np.int32)
+    predicted = np.cumsum(predicted, axis=1, dtype=np.int64)
+    hits = np.add.reduceat(counts[:, pair.positive_molecule], pair.positive_starts, axis=1, dtype=np.int32)
+    hits = np.cumsum(hits, axis=1, dtype=np.int64)
+    total = hits[:, -1]
+    precision = hits / np.maximum(predicted, 1)  # predicted >= hits: 0 only where hits are
+    steps = np.diff(hits, axis=1, prepend=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (steps * precision).sum(axis=1) / np.maximum(total, 1), np.nan)
+
+
+def sample_counts(seed: int, sample: int, sizes: list[int]) -> list[np.ndarray]:
+    """How often each molecule of each group is drawn in bootstrap sample ``sample``: ``n`` draws with replacement
+    from each group of ``n`` molecules, from a generator of its own (``seed``, ``sample``), so a sample's draw does
+    not depend on which samples are computed together."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(sample,)))
+    return [np.bincount(rng.integers(0, n, n), minlength=n) for n in sizes]
+
+
+def samples_per_chunk(samples: int, sizes: list[int], pairs: list[PairSample], budget_bytes: int) -> int:
+    """How many bootstrap samples to compute at once so that their arrays stay under ``budget_bytes``: each holds
+    4 bytes a molecule of every group (its counts) plus the largest pair's arrays; one sample's draw needs 16
+    bytes a molecule of the largest group. At least one."""
+    per_sample = 4 * sum(sizes) + max((pair.nbytes() for pair in pairs), default=0)
+    return int(min(samples, max(1, (budget_bytes - 16 * max(sizes, default=0)) // max(per_sample, 1))))
+
+
+def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_bytes: int = 256 * MB) -> dict:
     """95% percentile intervals of ``score``, ``share`` and ``non_share`` over ``samples`` bootstrap draws of the
     valid molecules, each group's molecules resampled with replacement (the groups keep their sizes, as in
-    Kaggle's test), every row of a drawn molecule counted as many times as it was drawn."""
+    Kaggle's test), every row of a drawn molecule counted as many times as it was drawn. Samples are computed a
+    chunk at a time under ``budget_bytes``; the intervals do not depend on it."""
     frame = frame.filter(pl.col("group").is_in(SCORED))
     if samples == 0 or len(frame) == 0:
         return {}
-    frame = frame.with_columns(
-        pl.col(KEY).rank("dense").over("group").cast(pl.Int64).sub(1).alias("molecule")
+    frame = frame.select(
+        PROTEIN,
+        "group",
+        BINDS,
+        "prob",
+        pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule"),
     )
-    molecules = {g: int(part["molecule"].max()) + 1 for (g,), part in frame.group_by("group")}
+    groups = sorted(set(frame["group"].to_list()))
+    sizes = [int(frame.filter(pl.col("group") == g)["molecule"].max()) + 1 for g in groups]
     pairs = [
-        PairSample.of(protein, group, part)
+        PairSample.of(
+            protein, group, part[BINDS].to_numpy(), part["prob"].to_numpy(), part["molecule"].to_numpy()
+        )
         for (protein, group), part in sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
     ]
-    rng = np.random.default_rng(seed)
+    del frame
+    chunk = samples_per_chunk(samples, sizes, pairs, budget_bytes)
+    log.info("bootstrap: %d samples, %d at a time", samples, chunk)
     draws: dict[str, list[np.ndarray]] = {"score": [], "share": [], "non_share": []}
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
-        counts = {  # how often each molecule of each group is drawn, one row per bootstrap sample
-            g: np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(size)]).astype(
-                np.float64
-            )
-            for g, n in sorted(molecules.items())
-        }
-        ap = {(p.protein, p.group): weighted_average_precision(p.labels, counts[p.group][:, p.molecule],
-                                                               p.last_of_tie) for p in pairs}  # fmt: skip
+        counts = [np.empty((size, n), dtype=np.int32) for n in sizes]  # one row per bootstrap sample
+        for row in range(size):
+            for into, drawn in zip(counts, sample_counts(seed, start + row, sizes), strict=True):
+                into[row] = drawn
+        of_group = dict(zip(groups, counts, strict=True))
+        ap = {(p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs}
+        del counts, of_group
         draws["score"].append(_mean_of_present(list(ap.values())))
         for group in SCORED:
             values = [v for (_, g), v in ap.items() if g == group]
@@ -268,32 +330,41 @@ def feature_importance(model: Model, top: int) -> pl.DataFrame:
     return frame.sort(["gain", "feature"], descending=[True, False]).head(top)
 
 
-def predict_valid(train_rows: Path, valid_rows: Path, features_dir: Path, model: Model) -> pl.DataFrame:
-    """The valid rows scored by the model: protein, group, unseen_blocks, molecule key, label, probability, and
-    how many of the row's building blocks the training part holds (Kaggle's test of the group)."""
-    store = MoleculeStore(features_dir)
-    model.check_features(store)
+def scoring_rows(n_features: int, budget_bytes: int) -> int:
+    """Valid rows scored at a time: at most ``SCORE_ROWS``, fewer where a batch's design matrix (float32, built
+    about three times over: the lookup, the scaled matrix, the joint model's stacked copy) would take more than
+    half the memory budget. Memory only: the scores do not depend on it."""
+    return int(min(SCORE_ROWS, max(1_000, budget_bytes // 2 // (12 * max(n_features, 1)))))
+
+
+def valid_batches(
+    train_rows: Path, valid_rows: Path, batch_rows: int, model: Model
+) -> Iterator[pl.DataFrame]:
+    """The valid rows a batch at a time, in compact columns: protein (an enum of the model's proteins), group,
+    unseen_blocks, molecule key, label, and how many of the row's building blocks the training part holds
+    (Kaggle's test of the group)."""
     seen = seen_building_blocks(train_rows)
     bar = progress("evaluate", count_rows(valid_rows))
-    parts = []
-    for rows in iter_row_batches(valid_rows, SCORE_ROWS):
+    for rows in iter_row_batches(valid_rows, batch_rows):
         model.check_proteins(rows[PROTEIN], str(valid_rows))
-        parts.append(
-            pl.DataFrame(
-                {
-                    PROTEIN: rows[PROTEIN],
-                    "group": group_of(rows[UNSEEN]),
-                    UNSEEN: rows[UNSEEN],
-                    KEY: rows[KEY],
-                    BINDS: rows[BINDS].cast(pl.Int8),
-                    "prob": model.predict(rows, store),
-                    "blocks_in_training": blocks_seen(rows, seen),
-                }
-            )
+        yield pl.DataFrame(
+            {
+                PROTEIN: rows[PROTEIN].cast(pl.Enum(model.categories)),
+                "group": group_of(rows[UNSEEN]).cast(GROUP),
+                UNSEEN: rows[UNSEEN].cast(pl.Int8),
+                KEY: rows[KEY],
+                BINDS: rows[BINDS].cast(pl.Int8),
+                "blocks_in_training": blocks_seen(rows, seen),
+            }
         )
         bar.update(len(rows))
     bar.close()
-    return pl.concat(parts)
+
+
+def mixed_keys(valid_rows: Path) -> Iterator[np.ndarray]:
+    """The molecule keys of the mixed rows of the valid part, a batch at a time (two columns read)."""
+    for rows in iter_row_batches(valid_rows, READ_ROWS, columns=[KEY, UNSEEN]):
+        yield rows.filter(pl.col(UNSEEN).is_in([1, 2]))[KEY].to_numpy()
 
 
 def group_check(frame: pl.DataFrame) -> dict:
@@ -307,6 +378,87 @@ def group_check(frame: pl.DataFrame) -> dict:
     }
 
 
+Cutoff = tuple[float, int]  # (hash, key) of the last molecule in the mixed sample
+
+
+def _draw(keys: np.ndarray, seed: int) -> np.ndarray:
+    return uniform_hash(keys, seed ^ MIXED_SALT)
+
+
+def sample_cutoff(keys: Iterable[np.ndarray], size: int, seed: int) -> Cutoff | None:
+    """The mixed sample: the ``size`` molecules with the smallest seeded hash of their key (ties broken by the
+    key) among ``keys`` (batches of mixed molecule keys, repeats allowed), given by the last one in; None where
+    there are no more than ``size`` (all are in). The same whatever the batches; memory: the ``size`` best and a
+    batch."""
+    if size == 0:
+        return (-1.0, 0)  # below every hash: none is in
+    best = pl.DataFrame(schema={DRAW: pl.Float64, KEY: pl.Int64})
+    for batch in keys:
+        frame = pl.DataFrame({DRAW: _draw(batch, seed), KEY: batch}, schema=best.schema)
+        if len(best) == size:
+            frame = frame.filter(pl.col(DRAW) <= best[DRAW][-1])
+        best = pl.concat([best, frame]).unique().sort(DRAW, KEY).head(size)
+    return best.row(size - 1) if len(best) == size else None
+
+
+def in_sample(keys: np.ndarray, cutoff: Cutoff | None, seed: int) -> np.ndarray:
+    """True for the keys of the mixed sample that ``cutoff`` ends."""
+    if cutoff is None:
+        return np.ones(len(keys), dtype=bool)
+    draw = _draw(keys, seed)
+    return (draw < cutoff[0]) | ((draw == cutoff[0]) & (keys <= cutoff[1]))
+
+
+@dataclass
+class Kept:
+    """What evaluate keeps of the valid rows: every share and non-share row, the rows of the mixed sample, scored."""
+
+    frame: pl.DataFrame
+    groups_against_training: dict
+    mixed: dict  # the mixed rows' counts, and the sample's
+    rows: int  # the valid part's rows and positives, every group
+    positives: int
+
+
+def keep_for_scoring(
+    batches: Iterable[pl.DataFrame],
+    score: Callable[[pl.DataFrame], np.ndarray],
+    cutoff: Cutoff | None,
+    seed: int,
+) -> Kept:
+    """Every share and non-share row of ``batches`` and the rows of the mixed sample that ``cutoff`` ends
+    (:func:`sample_cutoff`), scored by ``score`` (a float32 ``prob``); the other mixed rows are counted, never
+    scored. The group check and the counts are summed batch by batch. No leaderboard scores the mixed molecules
+    (Kaggle's test has none), so a sample is enough for their figure; the score does not depend on it."""
+    parts: list[pl.DataFrame] = []
+    check = {"share_rows_with_a_block_not_in_training": 0, "non_share_rows_with_a_block_in_training": 0}
+    rows = positives = mixed_rows = mixed_positives = 0
+    for batch in batches:
+        rows += len(batch)
+        positives += int(batch[BINDS].sum() or 0)
+        if "blocks_in_training" in batch.columns:
+            for name, count in group_check(batch).items():
+                check[name] += count
+            batch = batch.drop("blocks_in_training")
+        mixed = ~batch["group"].is_in(SCORED).to_numpy()
+        mixed_rows += int(mixed.sum())
+        mixed_positives += int(batch[BINDS].to_numpy()[mixed].sum())
+        keep = ~mixed
+        keep[mixed] = in_sample(batch[KEY].to_numpy()[mixed], cutoff, seed)
+        batch = batch.filter(pl.Series(keep))
+        if len(batch):
+            parts.append(batch.with_columns(pl.Series("prob", score(batch), dtype=pl.Float32)))
+    frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame()
+    sampled = frame.filter(~pl.col("group").is_in(SCORED)) if len(frame) else frame
+    counts = {
+        "sample_molecules": sampled[KEY].n_unique() if len(sampled) else 0,
+        "sample_rows": len(sampled),
+        "rows": mixed_rows,
+        "positives": mixed_positives,
+    }
+    return Kept(frame, check, counts, rows, positives)
+
+
 @dataclass(frozen=True)
 class EvaluateOutput:
     metrics: Path
@@ -315,12 +467,23 @@ class EvaluateOutput:
 
 
 def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir: Path, model_dir: Path,
-             out: EvaluateOutput) -> dict:  # fmt: skip
+             out: EvaluateOutput, memory_mb: int) -> dict:  # fmt: skip
+    """Score the valid part in batches, keeping only what scoring needs (:func:`keep_for_scoring`), then the
+    figures, the bootstrap (under ``memory_mb`` megabytes) and the plots. ``memory_mb`` changes no output."""
+    budget = memory_mb * MB
     model = load_model(model_dir)
-    frame = predict_valid(train_rows, valid_rows, features_dir, model)
+    store = MoleculeStore(features_dir)
+    model.check_features(store)
+    cutoff = sample_cutoff(mixed_keys(valid_rows), params.mixed_sample, params.seed)
+    batch_rows = scoring_rows(len(model.manifest["feature_names"]), budget)
+    batches = valid_batches(train_rows, valid_rows, batch_rows, model)
+    kept = keep_for_scoring(batches, lambda rows: model.predict(rows, store), cutoff, params.seed)
+    frame = kept.frame
     metrics, summary = score_predictions(frame, params.min_positives)
-    summary["bootstrap"] = bootstrap_intervals(frame, params.bootstrap_samples, params.seed)
-    summary["groups_against_training"] = group_check(frame)
+    summary["rows"], summary["positives"] = kept.rows, kept.positives  # all valid rows, not only those kept
+    summary["mixed_sample"] = {"size": params.mixed_sample, **kept.mixed}
+    summary["bootstrap"] = bootstrap_intervals(frame, params.bootstrap_samples, params.seed, budget)
+    summary["groups_against_training"] = kept.groups_against_training
     with atomic_dir(out.plots) as tmp:
         for name, curve in curves(frame.filter(pl.col("group").is_in(SCORED)), params.curve_points).items():
             if curve is not None:
@@ -346,9 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
-        params = load_params(args.params).evaluate
+        params = load_params(args.params)
         out = EvaluateOutput(args.metrics, args.summary, args.plots)
-        metrics = evaluate(params, args.train_rows, args.valid_rows, args.features, args.models, out)
+        metrics = evaluate(params.evaluate, args.train_rows, args.valid_rows, args.features, args.models, out,
+                           params.resources.evaluate_memory_mb)  # fmt: skip
         log.info("%s", ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", *GROUPS) if k in metrics))
 
     return run_main(body)

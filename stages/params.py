@@ -199,6 +199,9 @@ class Evaluate(Section):
     bootstrap_samples: int = Field(default=1000, ge=0, le=100_000)  # 0: no intervals
     seed: int = Field(default=0, ge=0)
     min_positives: int = Field(default=10, ge=0)  # pairs with fewer positives are flagged in the summary
+    # mixed molecules (1 or 2 unseen blocks; no leaderboard scores them) scored from a seeded sample of this many
+    # (0: not scored); score, share and non_share do not depend on it
+    mixed_sample: int = Field(default=200_000, ge=0, le=100_000_000)
 
 
 class Resources(Section):
@@ -208,6 +211,9 @@ class Resources(Section):
     workers: int = Field(ge=0, le=1024)
     threads: int = Field(default=0, ge=0, le=1024)
     batch_rows: int = Field(default=200_000, ge=1_000, le=50_000_000)
+    # megabytes evaluate's bootstrap computes in at once (its samples are chunked to fit; the intervals do not
+    # depend on it), and at most half of it for a batch's design matrix
+    evaluate_memory_mb: int = Field(default=256, ge=64, le=1_048_576)
     feature_cache: str | None = Field(default=None, min_length=1)
     external_memory_dir: str | None = Field(default=None, min_length=1)
     # seconds a Dask run waits for the workers it lacks before failing (at the start, after losing one)

@@ -140,3 +140,18 @@ def test_keyset_bench_small_run():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "20,000 keys in batches of 1,000 new keys" in done.stdout
     assert "| this commit | 20,000 |" in done.stdout and "| HEAD | 20,000 |" in done.stdout
+
+
+def test_evaluate_memory_bench_small_run(tmp_path):
+    """bench/evaluate_memory.py on a tiny valid part: HEAD's evaluate and this checkout's at two memory budgets, on
+    the same inputs; the report says the budgets wrote the same bytes and the score equals HEAD's."""
+    results = tmp_path / "evaluate.md"
+    command = [sys.executable, "bench/evaluate_memory.py", "--rows", "12000", "--trees", "2", "--budgets", "64,1024",
+               "--baseline", "HEAD", "--workdir", str(tmp_path / "work"), "--results", str(results)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = results.read_text()
+    assert "| baseline HEAD | " in text and text.count("| this checkout, ") == 2
+    assert re.search(r"\| this checkout, 64 MB \| \d+\.\d\d GB \|", text)
+    assert "wrote identical metrics and summary bytes: yes" in text
+    assert "score, share and non_share equal to baseline HEAD's: yes" in text

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -380,3 +383,54 @@ def test_the_note_gives_the_scores_intervals_and_flags_pairs_with_few_positives(
     missing_base = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run",
                           "--evaluate", *head, "--base-evaluate", "absent.json", "absent-summary.json")  # fmt: skip
     assert "| score | 0.2100 [0.1700, 0.2500] | - |  |" in missing_base.stdout
+
+
+def note_table(note: str, heading: str) -> dict[str, list[str]]:
+    """The markdown table under ``heading`` in the note: {first cell: the other cells}."""
+    lines = note[note.index(heading) :].splitlines()[1:]
+    rows = [
+        line for line in itertools.takewhile(lambda line: line.startswith("|") or not line.strip(), lines)
+    ]
+    cells = [
+        [cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows if row.startswith("|")
+    ]
+    return {row[0]: row[1:] for row in cells[2:]}  # past the head and the rule
+
+
+def test_the_note_says_when_the_two_scores_average_different_pairs(tmp_path):
+    """evaluate's own figures of a valid part with one pair without positives (HSA/non_share: 5 pairs) against the
+    same part where that pair has one (6 pairs): the note gives both counts and calls the score and non_share
+    changes not comparable; share averages the same pairs and keeps its usual reading."""
+    from stages.evaluate import score_predictions
+    from tests.test_evaluate import FIXTURE
+
+    empty_pair = score_predictions(FIXTURE)[0]
+    assert empty_pair["pairs_scored"] == 5
+    filled = FIXTURE.with_columns(
+        pl.when((pl.col("protein_name") == "HSA") & (pl.col("group") == "non_share") & (pl.col("prob") > 0.09))
+        .then(1).otherwise(pl.col("binds")).cast(pl.Int8).alias("binds")
+    )  # fmt: skip
+    all_pairs = score_predictions(filled)[0]
+    assert all_pairs["pairs_scored"] == 6
+    del all_pairs["pairs_scored"]  # a target branch from before pairs_scored: counted from its per-pair APs
+    files = {}
+    for name, metrics in (("head", empty_pair), ("base", all_pairs)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(metrics))
+        (tmp_path / f"{name}-summary.json").write_text(json.dumps({"bootstrap": {"score": [0.3, 0.9]}}))
+        files[name] = [str(tmp_path / f"{name}.json"), str(tmp_path / f"{name}-summary.json")]
+    result = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run", "--base", "main",
+                    "--evaluate", *files["head"], "--base-evaluate", *files["base"])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = note_table(result.stdout, "### Score with 95% bootstrap intervals")
+    assert table["pairs scored"] == ["5", "6", "differ"]
+    assert "not comparable" in table["score"][2] and "not comparable" in table["non_share"][2]
+    assert table["share"][2].startswith("+0.0000") and "not comparable" not in table["share"][2]
+    only = re.search(r"scored on `main` only: ([^;)]+)", result.stdout)
+    assert only is not None and only.group(1).split(", ") == ["HSA/non_share"]
+
+    same = report(tmp_path, {"PATH": "/usr/bin:/bin"}, METRICS_MD, "", None, "--dry-run", "--base", "main",
+                  "--evaluate", *files["head"], "--base-evaluate", *files["head"])  # fmt: skip
+    table = note_table(same.stdout, "### Score with 95% bootstrap intervals")
+    assert table["pairs scored"] == ["5", "5", ""]
+    assert not any("not comparable" in row[2] for row in table.values())
+    assert "average different pairs" not in same.stdout

@@ -95,6 +95,12 @@ def test_unknown_section() -> None:
         ("xgb.device", "tpu", "xgb.device: Input should be 'cpu' or 'cuda'"),
         ("train.data_mode", "disk", "train.data_mode: Input should be 'in_memory' or 'external'"),
         ("resources.workers", -1, "resources.workers: Input should be greater than or equal to 0"),
+        ("evaluate.mixed_sample", -1, "evaluate.mixed_sample: Input should be greater than or equal to 0"),
+        (
+            "resources.evaluate_memory_mb",
+            8,
+            "resources.evaluate_memory_mb: Input should be greater than or equal to 64",
+        ),
     ],
 )
 def test_value_out_of_range_names_key_value_and_range(path: str, value: object, expected: str) -> None:
