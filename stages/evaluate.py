@@ -47,7 +47,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, count_rows, in_sorted, iter_row_batches
-from stages.io import BINDS, PROTEIN, atomic_dir, write_csv, write_json
+from stages.io import BINDS, PROTEIN, InputError, atomic_dir, write_csv, write_json
 from stages.model import Model, load_model
 from stages.molecules import MoleculeStore
 from stages.params import Evaluate, load_params
@@ -472,6 +472,11 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
     figures, the bootstrap (under ``memory_mb`` megabytes) and the plots. ``memory_mb`` changes no output."""
     budget = memory_mb * MB
     model = load_model(model_dir)
+    if model.manifest.get("fit", {}).get("model") == "final":
+        raise InputError(
+            f"{model_dir}: the final model was fit on every labelled row, the valid part included: its score "
+            "would say nothing of unseen molecules; evaluate the split model (train's output, models/split)"
+        )
     store = MoleculeStore(features_dir)
     model.check_features(store)
     cutoff = sample_cutoff(mixed_keys(valid_rows), params.mixed_sample, params.seed)

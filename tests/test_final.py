@@ -141,3 +141,22 @@ def test_early_stopping_with_the_split_seed_still_draws_an_inner_part_and_stops(
     )
     (rounds,) = result["rounds"].values()
     assert rounds < 300  # early stopping stopped boosting
+
+
+def test_evaluate_refuses_the_final_model(mini_run: MiniRun, tmp_path, capsys):
+    """The final model saw the valid part's labels: scoring it there would be no estimate at all."""
+    from stages import evaluate
+
+    params = with_train(mini_run.params, model="joint")
+    final.fit_final(
+        params, mini_run.features / "rows", mini_run.features, mini_run.models, tmp_path / "final"
+    )
+    code = evaluate.main(["--train-rows", str(mini_run.split / "train"), "--valid-rows", str(mini_run.split / "valid"),
+                          "--features", str(mini_run.features), "--models", str(tmp_path / "final"),
+                          "--metrics", str(tmp_path / "m.json"), "--summary", str(tmp_path / "s.json"),
+                          "--plots", str(tmp_path / "plots")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "the final model was fit on every labelled row" in err and "Traceback" not in err, (
+        err
+    )
+    assert not (tmp_path / "m.json").exists()
