@@ -151,14 +151,15 @@ def test_every_install_is_from_the_lock(ci):
 
 def test_reproduce_job(ci):
     job = merged(ci, "reproduce")
+    # the protected runner's tag or the merge-request runner's, by workflow:rules
     assert job["tags"] == ["$RUNNER_TAG"]
-    assert ci["variables"]["RUNNER_TAG"] == "desktop-gpu-runner"
+    assert ci["variables"]["PROTECTED_RUNNER_TAG"] == "desktop-gpu-runner"
     assert job["variables"]["GIT_DEPTH"] == 0
     assert job["resource_group"]
     assert job["interruptible"] is True
     assert job["image"] == "$RUNNER_IMAGE"
     script = scripts(job)
-    assert script.index("dvc repro --pull --allow-missing") < script.index("dvc push --run-cache")
+    assert script.index("dvc repro --pull --allow-missing") < script.index("ci/dvc_remote.sh push")
     assert "git diff --exit-code -- dvc.lock" in script  # the default branch fails when dvc.lock differs
 
 
@@ -186,7 +187,7 @@ def test_report_job(ci):
 def test_image_jobs(ci):
     build = merged(ci, "build_image")
     assert set(build["rules"][-1]["changes"]) == {"uv.lock", "pyproject.toml", "Dockerfile"}
-    assert "$CI_REGISTRY_IMAGE" in scripts(build)
+    assert "$IMAGE_REPOSITORY" in scripts(build)
     for name in ("reproduce", "report", "score", "upgrade_check"):
         assert merged(ci, name)["image"] == "$RUNNER_IMAGE"
     assert ci["variables"]["RUNNER_IMAGE"].startswith("$CI_REGISTRY_IMAGE/")
