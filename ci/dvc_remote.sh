@@ -37,12 +37,14 @@ case "${1:-}" in
       remote=storage ids=DVC_WRITE_ACCESS_KEY_ID secrets=DVC_WRITE_SECRET_ACCESS_KEY
     else
       remote=mr ids=DVC_MR_ACCESS_KEY_ID secrets=DVC_MR_SECRET_ACCESS_KEY
-      dvc remote add --local --force mr "${DVC_MR_REMOTE_URL:?the merge-request remote (docs/ci.md)}"
     fi
     unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY  # never the environment's: only the keys of this trust level
     if ! use_keys "$ids" "$secrets"; then
       echo "error: $ids / $secrets not set: nothing pushed to the DVC remote '$remote' (docs/ci.md, \"Variables\")" >&2
       exit 1
+    fi
+    if [ "$remote" = mr ]; then
+      dvc remote add --local --force mr "${DVC_MR_REMOTE_URL:?the merge-request remote (docs/ci.md)}"
     fi
     echo "pushing outputs and run cache to the DVC remote '$remote' ($(dvc remote list | awk -v r="$remote" '$1 == r {print $2}'))"
     exec dvc push --run-cache --remote "$remote"
