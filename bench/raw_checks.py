@@ -9,8 +9,9 @@ prints a markdown table of:
   own buffers are not counted),
 - ``read``: streaming the whole input in ``featurize.batch_rows`` batches once checked (what featurize reads
   anyway), and the check as a fraction of it,
-- ``labels``: :func:`stages.featurize.check_labels` over rows shards of the same rows (molecule keys from the
-  SMILES), as featurize runs it after writing them.
+- ``labelled pairs``: the passes over the raw rows (cleaned SMILES, protein, label) before any RDKit work that
+  ``featurize.conflicting_labels`` needs: the positive pairs (:func:`stages.featurize.label_counts`, every policy),
+  then the pairs labelled both ways (:func:`stages.featurize.label_conflicts`, error and drop only).
 
 Featurize itself takes about 100 s a million rows on 2 cores (bench/RESULTS.md), the yardstick for all three.
 
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +36,18 @@ import polars as pl  # noqa: E402
 
 from bench.belka_gen import write_belka  # noqa: E402
 from bench.bench import parse_size  # noqa: E402
-from stages import chem  # noqa: E402
-from stages.dataset import KEY  # noqa: E402
-from stages.featurize import check_labels  # noqa: E402
-from stages.io import BINDS, ID, PROTEIN, SMILES, RawInput, check_raw_input, iter_raw_batches, shard_name  # noqa: E402
+from stages.featurize import label_conflicts, label_counts  # noqa: E402
+from stages.io import (  # noqa: E402
+    BINDS,
+    CHECK_BATCH_ROWS,
+    ID,
+    PROTEIN,
+    SMILES,
+    RawInput,
+    check_raw_input,
+    iter_raw_batches,
+    read_batches,
+)
 
 
 def timed(work: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -59,15 +68,6 @@ def read_all(source: Path, batch_rows: int) -> None:
         pass
 
 
-def rows_shards(source: Path, directory: Path, batch_rows: int) -> None:
-    """Rows shards as featurize writes them (id, key, protein, binds), keys hashed from the SMILES."""
-    directory.mkdir()
-    frame = pl.read_parquet(source, columns=[ID, SMILES, PROTEIN, BINDS])
-    frame = frame.with_columns(chem.keys_of(frame[SMILES])["key"].alias(KEY)).drop(SMILES)
-    for number, part in enumerate(frame.iter_slices(batch_rows)):
-        part.with_columns(pl.col(BINDS).cast(pl.Int8)).write_parquet(directory / shard_name(number))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=parse_size, default=1_000_000)
@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         order = np.random.default_rng(0).permutation(len(frame))
         frame[order].write_parquet(shuffled, row_group_size=300_000)
         del frame
-        rows_shards(parquet, work / "rows", args.batch_rows)
         print(f"{counts['rows']:,} rows, {counts['molecules']:,} molecules; best of {args.repeats} runs\n")
         print(
             "| input | size | check | check peak (traced) | read | check / read | check / featurize (100 s/M) |"
@@ -102,8 +101,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {source.stat().st_size / 1e6:.0f} MB | {check:.2f} s | {peak:.0f} MB | {read:.2f} s "
                 f"| {check / read:.2f} | {check / featurize:.3f} |"
             )
-        labels, peak = timed(lambda: check_labels(work / "rows", "rows"), args.repeats)
-        print(f"\nlabel check over the rows shards: {labels:.2f} s, {peak:.0f} MB traced")
+        raw = RawInput(parquet)
+
+        def batches() -> Iterator[pl.DataFrame]:
+            return read_batches(raw, [ID, SMILES, PROTEIN, BINDS], CHECK_BATCH_ROWS)
+
+        positives, peak = timed(lambda: label_counts(batches, 400, 1), args.repeats)
+        print(
+            f"\nlabelled pairs, positive (conflicting_labels any: one pass): {positives:.2f} s, {peak:.0f} MB traced"
+        )
+        found = label_counts(batches, 400, 1)
+        conflicts, peak = timed(lambda: label_conflicts(batches, found, 400), args.repeats)
+        print(
+            f"labelled pairs, both ways (error and drop: a second pass): {conflicts:.2f} s, {peak:.0f} MB traced"
+        )
     return 0
 
 

@@ -6,13 +6,16 @@ molecule its amine sits on the triazine and its acid is the DNA-linked amide ``C
 are amines drawn from one pool, as in BELKA (the triazine is symmetric, so swapping them is the same molecule).
 Every training molecule appears once per protein, in the order BRD4, HSA, sEH.
 
-Labels come from a hidden structure-activity rule: each protein weighs substructures of the three building blocks,
-plus noise, and the top ``positive_rate`` (protein-specific, sEH highest as in BELKA) binds. A model can learn it
-from fingerprints, including for building blocks it never saw.
+Labels come from a hidden structure-activity rule: each protein weighs substructures of building block 1 and, with
+one weight vector for both, of the two amines (for BRD4 also an aryl amine next to an aryl-halide amine, in either
+order), plus noise, and the top ``positive_rate`` (protein-specific, sEH highest as in BELKA) binds. The rule is
+symmetric in the two amines, so a label is a function of the molecule, not of the order its amines were drawn in. A
+model can learn it from fingerprints, including for building blocks it never saw.
 
 Like BELKA's test set, the test set has molecules made only of building blocks seen in training (all three
 proteins each) and molecules made only of test-only building blocks (one protein each): no test molecule mixes
-seen and unseen blocks.
+seen and unseen blocks. The test set's labels are written apart (``--test-labels``: id, protein_name, binds and
+Kaggle's group, share or non_share), for a leaderboard that the pipeline never reads.
 
 Molecules are drawn in fixed chunks, each from its own seeded generator, and combinations are assigned to train or
 test by a hash, so growing ``train_molecules`` appends rows to train and leaves test untouched (scenario A), and
@@ -180,24 +183,29 @@ def build_libraries(params: Generate) -> tuple[Library, Library, Library]:
 
 @dataclass
 class Rule:
-    """The hidden structure-activity rule: a weight per substructure and position, per protein."""
+    """The hidden structure-activity rule, per protein: a weight per substructure of building block 1, one weight per
+    substructure shared by both amines, and for BRD4 a synergy of an aryl amine with an aryl-halide amine in either
+    position. Swapping the two amines (the same molecule) gives the same score."""
 
-    weights: dict[str, np.ndarray]  # protein -> (3, n_patterns)
+    weights: dict[str, np.ndarray]  # protein -> (2, n_patterns): building block 1, either amine
     thresholds: dict[str, float]
     noise: float = 0.3
 
     def scores(self, protein: str, profiles: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """profiles: (n, 3, n_patterns) -> score per molecule."""
-        w = self.weights[protein]
-        additive = np.einsum("npk,pk->n", profiles, w)
-        synergy = 1.5 * profiles[:, 1, 4] * profiles[:, 2, 0] * (protein == "BRD4")  # aryl x aryl halide
+        """profiles: (n, 3, n_patterns) -> score per molecule, symmetric in positions 2 and 3."""
+        acid, amine = self.weights[protein]
+        # b + c is exact and commutative on 0/1 profiles, so the swapped molecule's score is bit for bit the same.
+        additive = profiles[:, 0] @ acid + (profiles[:, 1] + profiles[:, 2]) @ amine
+        b, c = profiles[:, 1], profiles[:, 2]
+        aryl_with_aryl_halide = np.maximum(b[:, 4] * c[:, 0], c[:, 4] * b[:, 0])
+        synergy = 1.5 * aryl_with_aryl_halide * (protein == "BRD4")
         return additive + synergy + self.noise * noise
 
 
 def make_rule(params: Generate, libraries: tuple[Library, Library, Library]) -> Rule:
     rng = np.random.default_rng([params.seed, 1])
     n_patterns = len(_SAR_SMARTS)
-    weights = {p: rng.normal(0.0, 1.0, size=(3, n_patterns)) for p in PROTEINS}
+    weights = {p: rng.normal(0.0, 1.0, size=(2, n_patterns)) for p in PROTEINS}
     # Calibrate thresholds on a fixed sample of combinations, so labels do not depend on the data set size.
     sample = _draw_combinations(np.random.default_rng([params.seed, 2]), libraries, 20_000, test_only=False)
     profiles = _profiles(libraries, sample)
@@ -322,8 +330,19 @@ def labels_for(
     return out
 
 
-def generate(params: Generate, pool: Executor | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The train and test tables; ``pool`` (a process pool) only makes it faster: the output is the same."""
+@dataclass
+class Generated:
+    """The train table, the test table (no labels, as Kaggle's) and the test set's hidden labels."""
+
+    train: pl.DataFrame
+    test: pl.DataFrame
+    test_labels: (
+        pl.DataFrame
+    )  # id, protein_name, binds, group: what a leaderboard scores a submission against
+
+
+def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
+    """The train and test tables and the test labels; ``pool`` (a process pool) only makes it faster."""
     libraries = build_libraries(params)
     rule = make_rule(params, libraries)
     train_combos = draw_molecules(params, libraries, "train", params.train_molecules)
@@ -338,21 +357,44 @@ def generate(params: Generate, pool: Executor | None = None) -> tuple[pl.DataFra
     shared = draw_molecules(params, libraries, "test_shared", params.test_shared_molecules)
     unseen = draw_molecules(params, libraries, "test_unseen", params.test_unseen_molecules)
     single = np.random.default_rng([params.seed, 13]).integers(0, 3, size=len(unseen))
-    test = molecule_rows(
+    shared_binds = labels_for(params, libraries, rule, shared, stream=21)
+    unseen_binds = labels_for(params, libraries, rule, unseen, stream=22)
+    labelled = molecule_rows(
         libraries,
         np.concatenate([shared, unseen]),
         [list(PROTEINS)] * len(shared) + [[PROTEINS[k]] for k in single],
         first_id=FIRST_TEST_ID,
-        binds=None,
+        binds={p: np.concatenate([shared_binds[p], unseen_binds[p]]) for p in PROTEINS},
         pool=pool,
     )
-    return train, test
+    return Generated(train, labelled.drop(BINDS), hidden_labels(train, labelled))
+
+
+def hidden_labels(train: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:
+    """id, protein_name, binds, group of each labelled test row. The group is Kaggle's: ``share`` when all three building blocks
+    occur in the training table (in any position), ``non_share`` when none does; ``mixed`` (neither, as in no Kaggle
+    test molecule) only happens when the training table is too small to use every training building block."""
+    seen = pl.concat([train[c] for c in BB_COLUMNS]).unique().implode()
+    n_seen = pl.sum_horizontal([pl.col(c).is_in(seen).cast(pl.Int8) for c in BB_COLUMNS])
+    group = pl.when(n_seen == 3).then(pl.lit("share")).when(n_seen == 0).then(pl.lit("non_share"))
+    return test.select(ID, PROTEIN, BINDS, group.otherwise(pl.lit("mixed")).alias("group"))
+
+
+def generate(params: Generate, pool: Executor | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The train and test tables; ``pool`` (a process pool) only makes it faster: the output is the same."""
+    data = generate_all(params, pool)
+    return data.train, data.test
 
 
 RAW_SCHEMA = pa.schema(
     [(ID, pa.int64())]
     + [(name, pa.string()) for name in (*BB_COLUMNS, SMILES, PROTEIN)]
     + [(BINDS, pa.int64())]
+)
+
+
+LABELS_SCHEMA = pa.schema(
+    [(ID, pa.int64()), (PROTEIN, pa.string()), (BINDS, pa.int64()), ("group", pa.string())]
 )
 
 
@@ -366,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--train", type=Path, required=True, help="the training parquet file to write")
     parser.add_argument("--test", type=Path, required=True, help="the test parquet file to write")
+    parser.add_argument(
+        "--test-labels",
+        type=Path,
+        help="also write the test set's hidden labels (id, protein_name, binds, group) here: for a leaderboard, never the pipeline",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -373,12 +420,22 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         with engine.executor("local", workers(params)) as pool:
-            train, test = generate(params.generate, pool)
-        write_parquet(to_kaggle_table(train), args.train)
-        write_parquet(to_kaggle_table(test), args.test)
+            data = generate_all(params.generate, pool)
+        write_parquet(to_kaggle_table(data.train), args.train)
+        write_parquet(to_kaggle_table(data.test), args.test)
         log.info(
-            "wrote %d train rows (%d positives) and %d test rows", len(train), train[BINDS].sum(), len(test)
+            "wrote %d train rows (%d positives) and %d test rows",
+            len(data.train),
+            data.train[BINDS].sum(),
+            len(data.test),
         )
+        if args.test_labels:
+            write_parquet(data.test_labels.to_arrow().cast(LABELS_SCHEMA), args.test_labels)
+            mixed = int((data.test_labels["group"] == "mixed").sum())
+            if mixed:
+                log.warning(
+                    "%d test rows mix seen and unseen building blocks (group mixed): train is small", mixed
+                )
 
     return run_main(body)
 

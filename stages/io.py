@@ -499,8 +499,10 @@ def raw_columns(path: str | os.PathLike[str]) -> list[str]:
     return RawInput(path).schema.names
 
 
-def raw_row_count(path: str | os.PathLike[str]) -> int | None:
-    return RawInput(path).row_count()
+def checked_input(path: str | os.PathLike[str], needs_binds: bool) -> tuple[RawInput, list[str]]:
+    """A raw input whose whole content was checked (:func:`check_raw_input`), and the columns to read."""
+    raw = RawInput(path)
+    return raw, check_raw_input(raw, needs_binds)
 
 
 def iter_raw_batches(
@@ -508,10 +510,14 @@ def iter_raw_batches(
 ) -> Iterator[pl.DataFrame]:
     """Stream a raw BELKA file (parquet file, directory of parquet files, or csv) in batches of exactly
     ``batch_rows`` rows (the last may be shorter), so shard boundaries depend on the data only. The whole input is
-    checked first (:func:`check_raw_input`), so what is accepted never depends on ``batch_rows``. Memory holds one
-    batch and one read-ahead of at most 65,536 rows."""
-    raw = RawInput(path)
-    columns = check_raw_input(raw, needs_binds)
+    checked first (:func:`check_raw_input`), so what is accepted never depends on ``batch_rows``."""
+    raw, columns = checked_input(path, needs_binds)
+    yield from read_batches(raw, columns, batch_rows)
+
+
+def read_batches(raw: RawInput, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The ``columns`` of a checked input (:func:`checked_input`) in batches of exactly ``batch_rows`` rows (the
+    last may be shorter). Memory holds one batch and one read-ahead of at most 65,536 rows."""
     pending: list[pl.DataFrame] = []
     pending_rows = 0
     total = 0

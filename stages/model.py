@@ -132,6 +132,15 @@ class Model:
     def feature_spec(self) -> dict:
         return self.manifest["features"]
 
+    @property
+    def description(self) -> str:
+        """Which model this is, in words: the final model (every labelled row) or the split model, and its rows."""
+        fit = self.manifest.get("fit")
+        if not isinstance(fit, dict):
+            return "a model whose manifest does not say which rows it saw (made by an older version)"
+        skipped = "; train.final_fit is false" if fit.get("final_fit") is False else ""
+        return f"the {fit['model']} model, fit on {fit['rows']}: {fit['labelled_rows']:,} rows{skipped}"
+
     def check_features(self, store: MoleculeStore) -> None:
         """Refuse features made differently from the model's (settings, RDKit version, feature version)."""
         differences = spec_differences(store.spec, self.feature_spec)

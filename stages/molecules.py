@@ -3,7 +3,9 @@
 Two stores share one index of parts (:class:`PartIndex`) and one cache of parts read (:class:`PartCache`):
 
 - the feature cache (:class:`FeatureCache`, ``resources.feature_cache``): every molecule ever featurized with one
-  feature spec, shared across runs, clones and DVC experiments, so only new molecules are computed;
+  feature spec, shared across runs, clones and DVC experiments, so only new molecules are computed. Each part
+  carries digests of its keys and of its bytes in its name, checked before its keys are indexed or its values
+  used (:func:`part_keys`, :func:`check_content`);
 - a featurize output's ``molecules/`` (:class:`MoleculeStore`): the features of one data set's molecules, looked up
   by the rows' ``molecule_key`` when a batch of rows becomes a design matrix.
 
@@ -12,10 +14,14 @@ Memory holds the key index (16 bytes a molecule) and a few parts, never the whol
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
+import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +31,11 @@ from typing import TypeVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages import features
 from stages.dataset import KEY, find_sorted
-from stages.io import InputError, list_shards, manifest_version, write_parquet
+from stages.io import PARQUET_OPTIONS, InputError, atomic_file, first_line, list_shards, manifest_version
 
 log = logging.getLogger("stages.molecules")
 T = TypeVar("T")
@@ -95,47 +102,48 @@ def binary_matrix(column: pl.Series, width: int) -> np.ndarray:
     return data[offsets[0] : offsets[-1]].reshape(len(array), width)
 
 
-def read_part(path: Path, schema: dict[str, pl.DataType], columns: list[str] | None = None) -> pl.DataFrame:
-    """``columns`` (default: all of ``schema``) of a molecules part, which must have ``schema``'s columns and
-    types (read from its footer first); an unreadable or foreign part raises :class:`InputError` naming it."""
+def read_part(
+    path: Path, schema: dict[str, pl.DataType], columns: list[str] | None = None, data: bytes | None = None
+) -> pl.DataFrame:
+    """``columns`` (default: all of ``schema``) of a molecules part (its bytes ``data`` when given, else the file),
+    which must have ``schema``'s columns and types (read from its footer first); an unreadable or foreign part
+    raises :class:`InputError` naming ``path``."""
+
+    def source() -> io.BytesIO | Path:
+        return io.BytesIO(data) if data is not None else path
+
     try:
-        found = pl.read_parquet_schema(path)
+        found = pl.read_parquet_schema(source())
         wrong = [name for name, dtype in schema.items() if found.get(name) != dtype]
         if wrong:
             have = ", ".join(f"{name} {found[name]}" if name in found else f"no {name}" for name in wrong)
             raise InputError(f"{path}: not a part of this feature spec ({have})")
-        return pl.read_parquet(path, columns=columns or list(schema))
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"{path}: not a readable parquet part ({exc})") from None
+        return pl.read_parquet(source(), columns=columns or list(schema))
+    except (pl.exceptions.PolarsError, OSError, pl.exceptions.PanicException) as exc:
+        raise InputError(f"{path}: not a readable parquet part ({first_line(exc)})") from None
 
 
 class PartIndex:
-    """Where each key lives among parquet parts: sorted keys with their part and row, 16 bytes a key.
+    """Where each key lives among parts: sorted keys with their part and row, 16 bytes a key. ``part_keys`` holds
+    each part's keys in row order."""
 
-    A part that cannot be read, or lacks a column of ``schema``, raises, unless ``skip_unreadable`` (then its keys
-    are simply not indexed).
-    """
-
-    def __init__(
-        self, paths: list[Path], schema: dict[str, pl.DataType], skip_unreadable: bool = False
-    ) -> None:
+    def __init__(self, part_keys: list[np.ndarray]) -> None:
         keys, owners, rows = [np.empty(0, np.int64)], [np.empty(0, np.int32)], [np.empty(0, np.int32)]
-        for number, path in enumerate(paths):
-            try:
-                part_keys = read_part(path, schema, [KEY])[KEY].to_numpy()
-            except InputError as exc:
-                if not skip_unreadable:
-                    raise
-                log.warning("ignoring %s", exc)
-                continue
-            keys.append(part_keys)
-            owners.append(np.full(len(part_keys), number, dtype=np.int32))
-            rows.append(np.arange(len(part_keys), dtype=np.int32))
+        for number, found in enumerate(part_keys):
+            keys.append(found)
+            owners.append(np.full(len(found), number, dtype=np.int32))
+            rows.append(np.arange(len(found), dtype=np.int32))
         all_keys = np.concatenate(keys)
         order = np.argsort(all_keys, kind="stable")
         self.keys = all_keys[order]
         self.owner = np.concatenate(owners)[order]
         self.row = np.concatenate(rows)[order]
+
+    @classmethod
+    def of_parts(cls, paths: list[Path], schema: dict[str, pl.DataType]) -> PartIndex:
+        """The index of parquet parts, read from their key columns; a part that cannot be read, or lacks a column
+        of ``schema``, raises :class:`InputError` naming it."""
+        return cls([read_part(path, schema, [KEY])[KEY].to_numpy() for path in paths])
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -183,7 +191,7 @@ class MoleculeStore:
         self.schema = molecule_schema(features.FeatureConfig.from_spec(self.spec))
         self.parts = list_shards(self.directory / "molecules")
         try:
-            self.index = PartIndex(self.parts, self.schema)
+            self.index = PartIndex.of_parts(self.parts, self.schema)
         except InputError as exc:
             raise InputError(f"{exc}; {RESTORE}") from None
         self.cache = PartCache(self._load, keep_parts)
@@ -244,20 +252,110 @@ def feature_frame(
     return frame.with_columns(pl.Series("reason", batch.reasons, dtype=pl.String))
 
 
+# The feature cache's stored form. 1: parts named by their keys, never checked; 2: digests of the keys and of the
+# bytes in the names, the keys in a sidecar.
+CACHE_LAYOUT = 2
+PART_STEM = re.compile(r"part-(?P<keys>[0-9a-f]{24})-(?P<content>[0-9a-f]{64})")
+
+
 def cache_namespace(config: features.FeatureConfig) -> str:
-    """Features depend on the configuration, RDKit's version and the feature version (which covers this module's
-    stored format): the spec holds all three."""
-    spec = json.dumps(config.spec(), sort_keys=True)
+    """The feature cache's directory for ``config``: a digest of the feature spec (the settings, RDKit's version
+    and the feature version) and of :data:`CACHE_LAYOUT`, so a part is only ever read by code that computes the
+    same features and stores them the same way; parts of another layout, such as layout 1's unverified ones, lie
+    in other directories and are never read. What else shapes a part's bytes (pyarrow's writer, compression)
+    changes them but not the values they decode to, and every part is checked against the digest of its own
+    bytes. The code computing the features is covered by the feature version (pinned by tests/test_golden.py), not
+    hashed: a change that skips the bump is stopped by review, and only reviewed code writes the protected cache
+    (docs/ci.md)."""
+    spec = json.dumps({"features": config.spec(), "layout": CACHE_LAYOUT}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
-class FeatureCache:
-    """Immutable parquet parts of computed molecule features (key, check, features, reason), content-addressed.
+class DamagedPart(Exception):
+    """A feature-cache part whose bytes do not match the digests in its name (damaged, truncated, another part's
+    file), or that cannot be read: its molecules are computed again and it is replaced."""
 
-    What the cache held at start is indexed (16 bytes a molecule); a part is read when one of its molecules is
-    needed, and the last few read are kept. A damaged part is ignored: its molecules are computed again. Parts are
-    written atomically under unique temporary names, so runs sharing the cache never see or remove each other's
-    unfinished files.
+
+def keys_digest(keys: bytes) -> str:
+    """The digest of a part's keys (int64 little-endian, in row order) in its name."""
+    return hashlib.sha256(keys).hexdigest()[:24]
+
+
+def content_digest(namespace: str, data: bytes) -> str:
+    """The digest of a part's parquet bytes in its name, bound to the cache's namespace: a part copied from another
+    namespace (other features under the same keys) does not match."""
+    digest = hashlib.sha256(namespace.encode() + b"\n")
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def encode_part(frame: pl.DataFrame, namespace: str) -> tuple[str, bytes, bytes]:
+    """A part holding ``frame`` (key, check, features, reason): its stem ``part-<keys digest>-<content digest>``,
+    its parquet bytes and its keys sidecar's bytes."""
+    keys = frame[KEY].to_numpy().astype("<i8").tobytes()
+    buffer = io.BytesIO()
+    pq.write_table(frame.to_arrow(), buffer, **PARQUET_OPTIONS)
+    data = buffer.getvalue()
+    return f"part-{keys_digest(keys)}-{content_digest(namespace, data)}", data, keys
+
+
+def part_keys(stem: str, data: bytes) -> np.ndarray:
+    """The keys of the part ``stem`` from its sidecar's bytes, which must match the keys digest in its name."""
+    name = PART_STEM.fullmatch(stem)
+    if name is None:
+        raise DamagedPart("not named part-<24 hex digits>-<64 hex digits>")
+    if len(data) % 8 or keys_digest(data) != name["keys"]:
+        raise DamagedPart("its keys do not match the digest in its name (damaged, or another part's file)")
+    return np.frombuffer(data, dtype="<i8").astype(np.int64)
+
+
+def check_content(stem: str, namespace: str, data: bytes) -> None:
+    """The parquet bytes of the part ``stem`` must match the content digest in its name."""
+    name = PART_STEM.fullmatch(stem)
+    if name is None or content_digest(namespace, data) != name["content"]:
+        raise DamagedPart(
+            "its bytes do not match the digest in its name (damaged, truncated, or another part's file)"
+        )
+
+
+Identity = tuple[int, int, int]  # device, inode and change time of a file
+
+
+def _identity(stat: os.stat_result) -> Identity:
+    return stat.st_dev, stat.st_ino, stat.st_ctime_ns
+
+
+def read_file(path: Path) -> tuple[bytes, Identity]:
+    """A file's bytes, and which file they came from: what is checked is what is parsed, even when another run
+    replaces the file meanwhile."""
+    with open(path, "rb") as handle:
+        return handle.read(), _identity(os.fstat(handle.fileno()))
+
+
+def identity(path: Path) -> Identity | None:
+    """Which file is at ``path`` now (None: none)."""
+    try:
+        return _identity(path.stat())
+    except OSError:
+        return None
+
+
+class FeatureCache:
+    """Parquet parts of computed molecule features (key, check, features, reason), each verified before use.
+
+    A part is two files: ``part-K-C.parquet``, the features, and ``part-K-C.keys``, its keys (int64, in row order),
+    where K is a digest of the keys and C of the parquet bytes (and the namespace). At start every ``.keys`` sidecar
+    is read and checked against K, then indexed (16 bytes a molecule: the parquet files are not read); a part's
+    parquet is read when one of its molecules is needed, checked against C before it is parsed, and the last few read
+    are kept. A part that fails (damaged, truncated, another part's file, missing) is reported in one line, ignored,
+    and removed; its molecules are computed again and written as a new part.
+
+    Runs sharing the cache stay safe: a part is written under unique temporary names and renamed into place, its
+    parquet before its sidecar, so a reader never indexes an unfinished part; every read checks the bytes it parses,
+    so a part replaced or removed by another run meanwhile is either the same content (one name, one content) or
+    reported and computed again, never a wrong answer. A damaged file is removed only while it is still the file
+    that was read; at worst a run removes a sound part another run had just written, and its molecules are computed
+    once more later.
     """
 
     def __init__(self, directory: Path | None, schema: dict[str, pl.DataType], keep_parts: int = 4) -> None:
@@ -269,19 +367,58 @@ class FeatureCache:
                     f"{existing}: is a file, where the feature cache's directory is expected (set by --cache, "
                     "$BELKA_FEATURE_CACHE or resources.feature_cache)"
                 )
+        self.namespace = directory.name if directory is not None else ""
         self.schema = {**schema, CHECK: pl.Int64, "reason": pl.String}
-        self.parts = sorted(directory.glob("part-*.parquet")) if directory and directory.is_dir() else []
-        self.index = PartIndex(self.parts, self.schema, skip_unreadable=True)
-        self.cache = PartCache(lambda number: read_part(self.parts[number], self.schema), keep_parts)
+        self.stems: list[str] = []
+        self.sidecars: list[Identity] = []  # the sidecar read for each part
+        keys = []
+        sidecars = sorted(directory.glob("part-*.keys")) if directory and directory.is_dir() else []
+        for path in sidecars:
+            try:
+                data, read = read_file(path)
+                keys.append(part_keys(path.stem, data))
+            except (OSError, DamagedPart) as exc:
+                # what is read is the sidecar; its parquet, never indexed, goes too
+                self._discard(
+                    path, exc, {".keys": identity(path), ".parquet": identity(path.with_suffix(".parquet"))}
+                )
+                continue
+            self.stems.append(path.stem)
+            self.sidecars.append(read)
+        self.index = PartIndex(keys)
+        self.cache = PartCache(self._load, keep_parts)
         self.broken: set[int] = set()  # parts that failed to load: their molecules are computed again
+
+    def _load(self, number: int) -> pl.DataFrame:
+        path = self.directory / f"{self.stems[number]}.parquet"  # type: ignore[operator]
+        read: Identity | None = None
+        try:
+            data, read = read_file(path)
+            check_content(path.stem, self.namespace, data)
+            return read_part(path, self.schema, data=data)
+        except (OSError, DamagedPart, InputError) as exc:
+            self._discard(path, exc, {".keys": self.sidecars[number], ".parquet": read})
+            raise DamagedPart(str(exc)) from None
+
+    def _discard(self, path: Path, problem: Exception, read: dict[str, Identity | None]) -> None:
+        """Report a damaged part in one line and remove its files (``read``: by suffix, the file that was read)
+        while they are still those files: the sidecar first, so that no run indexes the part meanwhile."""
+        reason = (
+            problem.strerror if isinstance(problem, OSError) and problem.strerror else first_line(problem)
+        )
+        log.warning("feature cache: ignoring %s: %s; its molecules are computed again", path, reason)
+        for suffix in (".keys", ".parquet"):
+            target = path.with_suffix(suffix)
+            if read[suffix] is not None and identity(target) == read[suffix]:
+                with contextlib.suppress(OSError):
+                    target.unlink()
 
     def _part(self, number: int) -> pl.DataFrame | None:
         if number in self.broken:
             return None
         try:
             return self.cache.get(number)
-        except InputError as exc:
-            log.warning("ignoring %s: its molecules are computed again", exc)
+        except DamagedPart:
             self.broken.add(number)
             return None
 
@@ -314,9 +451,14 @@ class FeatureCache:
         return frame, found
 
     def add(self, frame: pl.DataFrame) -> None:
+        """Write ``frame`` as a part, unless a part with the same keys is there (written by another run, or read
+        here and sound)."""
         if len(frame) == 0 or self.directory is None:
             return
-        digest = hashlib.sha256(frame[KEY].to_numpy().tobytes()).hexdigest()[:24]
-        path = self.directory / f"part-{digest}.parquet"
-        if not path.exists():
-            write_parquet(frame, path)
+        keys = keys_digest(frame[KEY].to_numpy().astype("<i8").tobytes())
+        if any(self.directory.glob(f"part-{keys}-*.keys")):
+            return
+        stem, data, sidecar = encode_part(frame, self.namespace)
+        for suffix, content in ((".parquet", data), (".keys", sidecar)):
+            with atomic_file(self.directory / f"{stem}{suffix}") as tmp:
+                tmp.write_bytes(content)

@@ -70,6 +70,9 @@ class Featurize(Section):
     batch_rows: int = Field(ge=1_000, le=50_000_000)
     max_smiles_length: int = Field(ge=10, le=100_000)
     max_reject_fraction: float = Field(ge=0.0, le=1.0)
+    # a molecule and protein labelled both 0 and 1 (replicate measurements that disagree): error refuses the input,
+    # any labels every row of the pair 1, drop leaves the pair's rows out
+    conflicting_labels: Literal["error", "any", "drop"] = "any"
     descriptors: tuple[str, ...] = Field(default=DEFAULT_DESCRIPTORS, min_length=0, max_length=300)
     fingerprint: Fingerprint
 
@@ -144,6 +147,7 @@ class Train(Section):
     data_mode: Literal["in_memory", "external"]
     distributed_workers: int = Field(default=0, ge=0, le=4096)
     early_stopping: EarlyStopping = EarlyStopping(rounds=0)
+    final_fit: bool = True  # false: the submission comes from the split model (quick experiments)
 
     @model_validator(mode="after")
     def _one_sampling(self) -> Train:

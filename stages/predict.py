@@ -152,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             params.resources.worker_wait,
         )
         write_csv(submission, args.output)
-        log.info("wrote %d predictions to %s", len(submission), args.output)
+        log.info(
+            "wrote %d predictions to %s with %s",
+            len(submission),
+            args.output,
+            cached_model(args.models).description,
+        )
 
     return run_main(body)
 

@@ -65,6 +65,16 @@ class Rule:
     held_out_building_blocks: float  # 0: no block is held out
     valid_fraction: float  # 0: no molecule is drawn at random
     seed: int
+    stream: int = 0  # 0: the split's draw; another value: a draw independent of the split's for any two seeds
+
+    def draw(self, keys: np.ndarray, salt: int = 0) -> np.ndarray:
+        """The rule's uniform draw for ``keys``: on another stream, the keys are hashed first with the stream's
+        own constant, so no choice of seeds makes it repeat the split's draw (the early-stopping part drawn from
+        the training rows with ``train.seed == split.seed`` would otherwise fall inside what the split took away,
+        as both draws nest)."""
+        if self.stream:
+            keys = (uniform_hash(keys, self.stream) * float(1 << 53)).astype(np.uint64)
+        return uniform_hash(keys, self.seed ^ salt)
 
     @classmethod
     def of_split(cls, params: Split) -> Rule:
@@ -80,14 +90,13 @@ def unseen_blocks(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
     count = np.zeros(len(rows), dtype=np.int8)
     if rule.held_out_building_blocks > 0:
         for column in BB_KEYS:
-            count += uniform_hash(rows[column].to_numpy(), rule.seed) < rule.held_out_building_blocks
+            count += rule.draw(rows[column].to_numpy()) < rule.held_out_building_blocks
     return count
 
 
 def drawn_at_random(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
     """True for rows whose molecule the random draw takes (a function of the molecule's key alone)."""
-    draw = uniform_hash(rows[KEY].to_numpy(), rule.seed ^ MOLECULE_SALT)
-    return draw < rule.valid_fraction
+    return rule.draw(rows[KEY].to_numpy(), MOLECULE_SALT) < rule.valid_fraction
 
 
 @dataclass

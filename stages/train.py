@@ -44,7 +44,17 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, iter_row_batches, read_rows
-from stages.io import BINDS, ID, PROTEIN, InputError, atomic_dir, first_line, list_shards, scratch_dir
+from stages.io import (
+    BINDS,
+    ID,
+    PROTEIN,
+    InputError,
+    atomic_dir,
+    first_line,
+    list_shards,
+    scratch_dir,
+    write_csv,
+)
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
 from stages.params import Params, Train, external_memory_dir, load_params, threads
@@ -54,6 +64,7 @@ log = logging.getLogger("stages.train")
 
 FIT, STOP_SHARE, STOP_UNSEEN = "fit", "stop_share", "stop_unseen"  # the parts of the training rows
 LABEL_COLUMNS = [ID, KEY, PROTEIN, BINDS, *BB_KEYS]
+EARLY_STOPPING_STREAM = 0xE5_1D_0F_F5  # the early-stopping draw's own stream: independent of the split's draw
 
 
 def sample_rows(rows: pl.DataFrame, rates: dict[str, float], seed: int) -> pl.DataFrame:
@@ -70,7 +81,9 @@ def inner_rule(params: Params) -> Rule | None:
     stopping = params.train.early_stopping
     if stopping.rounds == 0:
         return None
-    return Rule(stopping.held_out_building_blocks, stopping.valid_fraction, params.train.seed)
+    return Rule(
+        stopping.held_out_building_blocks, stopping.valid_fraction, params.train.seed, EARLY_STOPPING_STREAM
+    )
 
 
 def part_of(rows: pl.DataFrame, rule: Rule | None) -> np.ndarray:
@@ -298,11 +311,60 @@ class Fitted:
     best_iteration: int  # the last round the saved model keeps (rounds - 1 without early stopping)
 
 
-def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: Path, live_dir: Path) -> dict:
-    """Train on the split's train part (``rows_dir``) and write the model's JSON artifacts and the curves."""
+@dataclass(frozen=True)
+class FitPlan:
+    """Which model a run of train makes, recorded in its manifest: the split model (the split's train part, early
+    stopping as the params say: what ``evaluate`` scores) or the final model (every labelled row, each booster
+    boosted for the rounds the split model kept: what ``predict`` and on-demand scoring use)."""
+
+    name: str  # "split" | "final"
+    rows: str  # which rows, in words
+    rounds: dict[str, int] | None = (
+        None  # booster key -> rounds, fixed (no early stopping); None: the params'
+    )
+
+    def params_for(self, params: Params, key: str) -> Params:
+        """The params one booster trains with: the final fit boosts the split model's rounds, without early
+        stopping (every labelled row is fit: there is no inner part left to stop on)."""
+        if self.rounds is None:
+            return params
+        stopping = params.train.early_stopping.model_copy(update={"rounds": 0})
+        return params.model_copy(
+            update={
+                "train": params.train.model_copy(update={"early_stopping": stopping}),
+                "xgb": params.xgb.model_copy(
+                    update={"n_estimators": self.rounds.get(key, params.xgb.n_estimators)}
+                ),
+            }
+        )
+
+    def record(self, params: Params, rows: int) -> dict:
+        """What the manifest says of this fit: which model, which rows and how many, where its rounds came from."""
+        if self.rounds is not None:
+            rounds = "the split model's kept rounds (best iteration + 1) of each booster"
+        elif params.train.early_stopping.rounds:
+            rounds = "early stopping on an inner part, at most xgb.n_estimators"
+        else:
+            rounds = "xgb.n_estimators"
+        return {"model": self.name, "rows": self.rows, "labelled_rows": rows, "rounds": rounds}
+
+
+SPLIT_FIT = FitPlan("split", "the split's train part")
+
+
+def train_model(
+    params: Params,
+    rows_dir: Path,
+    features_dir: Path,
+    model_dir: Path,
+    live_dir: Path | None,
+    plan: FitPlan = SPLIT_FIT,
+) -> dict:
+    """Train on ``rows_dir`` (the split's train part, or every labelled row for the final model: ``plan``) and
+    write the model's JSON artifacts and, with ``live_dir``, the training curves."""
     settings = params.train
     store = MoleculeStore(features_dir)
-    prep = fit_preprocessing(params, rows_dir, store)
+    prep = fit_preprocessing(plan.params_for(params, JOINT), rows_dir, store)
     classifier = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params)))
     booster_params = classifier.get_xgb_params()
     keys = [JOINT] if settings.model == "joint" else prep.counts.proteins
@@ -310,21 +372,24 @@ def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: P
     for key in keys:
         protein = None if key == JOINT else key
         encoder = prep.encoder if key == JOINT else None
-        selections = part_selections(params, prep, protein)
+        key_params = plan.params_for(params, key)
+        selections = part_selections(key_params, prep, protein)
         if settings.distributed_workers:
             fitted[key] = fit_distributed(
-                params, booster_params, rows_dir, features_dir, encoder, prep.scaler, store, selections
+                key_params, booster_params, rows_dir, features_dir, encoder, prep.scaler, store, selections
             )
         else:
-            fitted[key] = fit_local(params, booster_params, rows_dir, selections, store, encoder, prep.scaler)
+            fitted[key] = fit_local(
+                key_params, booster_params, rows_dir, selections, store, encoder, prep.scaler
+            )
     n_features = next(iter(fitted.values())).features
-    with atomic_dir(live_dir) as live_tmp, atomic_dir(model_dir) as model_tmp:
-        live = Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None, report=None)
-        log_curves(live, {curve_name(k, data): m for k, f in fitted.items() for data, m in f.history.items()})
-        for key, result in fitted.items():
-            live.summary[curve_name(key, "best_iteration")] = result.best_iteration
-            live.summary[curve_name(key, "rounds")] = result.rounds
-        live.end()
+    with contextlib.ExitStack() as outputs:
+        if live_dir is not None:
+            stopping = any(
+                len(result.history) > 1 for result in fitted.values()
+            )  # an early-stopping part ran
+            write_curves(outputs.enter_context(atomic_dir(live_dir)), fitted, stopping)
+        model_tmp = outputs.enter_context(atomic_dir(model_dir))
         categories = [str(c) for c in prep.encoder.categories_[0]]
         save_model(
             model_tmp,
@@ -333,6 +398,7 @@ def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: P
             {key: result.booster for key, result in fitted.items()},
             {
                 "model": settings.model,
+                "fit": plan.record(params, prep.counts.of()[0]),
                 "features": store.spec,
                 "feature_names": feature_names(
                     categories if settings.model == "joint" else None, store.descriptors, store.n_bits
@@ -353,6 +419,48 @@ def train_model(params: Params, rows_dir: Path, features_dir: Path, model_dir: P
         "best_iteration": {key: f.best_iteration for key, f in fitted.items()},
         "matrix": next(iter(fitted.values())).matrix,
     }
+
+
+CURVES = (
+    "curves.csv"  # every booster's metric by round and part, one table: the pipeline's training-curves plot
+)
+
+
+def curves_table(fitted: dict[str, Fitted], early_stopping: bool) -> pl.DataFrame:
+    """Every booster's evaluation metric by round (1-based) and part (``train``: the rows it fits; ``stop_share``,
+    ``stop_unseen``: the early-stopping parts), long format, one row per (booster, part, metric, round), with the
+    booster's best round where early stopping chose it (null otherwise)."""
+    frames = []
+    for key, result in fitted.items():
+        booster = "all" if key == JOINT else key
+        best = result.best_iteration + 1 if early_stopping else None
+        for part, metrics in result.history.items():
+            for metric, values in metrics.items():
+                frames.append(
+                    pl.DataFrame(
+                        {
+                            "round": np.arange(1, len(values) + 1, dtype=np.int64),
+                            "booster": booster,
+                            "part": part,
+                            "metric": metric,
+                            "value": np.asarray(values, dtype=np.float64),
+                            "best_round": pl.Series([best] * len(values), dtype=pl.Int64),
+                        }
+                    )
+                )
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def write_curves(live_dir: Path, fitted: dict[str, Fitted], early_stopping: bool) -> None:
+    """dvclive's curves of every booster (each part it watched, by round), with its rounds and best round, and the
+    same curves as one table (``curves.csv``) for the one training-curves plot of ``dvc plots`` and the MR note."""
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    log_curves(live, {curve_name(k, data): m for k, f in fitted.items() for data, m in f.history.items()})
+    for key, result in fitted.items():
+        live.summary[curve_name(key, "best_iteration")] = result.best_iteration
+        live.summary[curve_name(key, "rounds")] = result.rounds
+    live.end()
+    write_csv(curves_table(fitted, early_stopping), live_dir / CURVES)
 
 
 @contextlib.contextmanager

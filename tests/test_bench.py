@@ -114,6 +114,29 @@ def test_raw_checks_bench_small_run():
         "| parquet, ids increasing |",
         "| parquet, ids shuffled |",
         "| csv |",
-        "label check over the rows",
+        "labelled pairs, positive",
+        "labelled pairs, both ways",
     ):
         assert row in done.stdout
+
+
+def test_cache_corruption_bench_small_run():
+    """bench/cache_corruption.py on a small cache: every flip is counted, and no damage reaches the features."""
+    command = [sys.executable, "bench/cache_corruption.py", "--molecules", "1000", "--batch-rows", "1000",
+               "--flips", "10"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| feature cache lookup of the part's molecules | flips |" in done.stdout
+    assert "| none used: reported, computed again | 10 |" in done.stdout  # every flip detected
+    for damage in ("truncated to half", "another part's file"):
+        assert re.search(rf"\| {damage} \| 333 computed, 1 warning\(s\) \(1 naming the part\), output equal \| "
+                         r"0 computed, 0 warning\(s\) \(0 naming the part\), output equal \|", done.stdout)  # fmt: skip
+
+
+def test_keyset_bench_small_run():
+    """bench/keyset.py on a few keys, against a commit's KeySet (this one's: the history is there): both agree."""
+    command = [sys.executable, "bench/keyset.py", "--keys", "20k", "--batch", "1k", "--baseline", "HEAD"]
+    done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "20,000 keys in batches of 1,000 new keys" in done.stdout
+    assert "| this commit | 20,000 |" in done.stdout and "| HEAD | 20,000 |" in done.stdout

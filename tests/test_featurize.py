@@ -169,12 +169,15 @@ def test_a_writer_never_removes_a_live_writers_temporary(tmp_path):
 @pytest.mark.slow
 def test_two_processes_sharing_the_feature_cache(tmp_path):
     """Two featurize runs at once, on overlapping molecules, with one cache: both outputs equal runs without a
-    shared cache, and every cache part is whole."""
+    shared cache, and the cache is sound. Again at once on that cache with every part damaged (both runs replace the
+    same parts): the same outputs, a sound cache, and the next runs compute nothing."""
     import copy
+    import re
 
     import yaml
 
     from tests.conftest import SMALL_PARAMS, deep_update
+    from tests.test_feature_cache import assert_sound_cache
 
     params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), copy.deepcopy(SMALL_PARAMS))
     params["resources"]["workers"] = 1
@@ -191,15 +194,34 @@ def test_two_processes_sharing_the_feature_cache(tmp_path):
                 "--output", str(tmp_path / out), "--params", str(tmp_path / "params.yaml"), "--cache",
                 str(tmp_path / cache)]  # fmt: skip
 
-    shared = [subprocess.Popen(command(n, f"shared-{n}", "shared"), cwd=ROOT, env=project_env(),
-                               stderr=subprocess.PIPE, text=True) for n in frames]  # fmt: skip
-    errors = [p.communicate(timeout=300)[1] for p in shared]
-    assert [p.returncode for p in shared] == [0, 0], errors
+    def at_once(prefix: str) -> list[str]:
+        shared = [subprocess.Popen(command(n, f"{prefix}-{n}", "shared"), cwd=ROOT, env=project_env(),
+                                   stderr=subprocess.PIPE, text=True) for n in frames]  # fmt: skip
+        errors = [p.communicate(timeout=300)[1] for p in shared]
+        assert [p.returncode for p in shared] == [0, 0], errors
+        assert not [e for e in errors if "Traceback" in e], errors
+        return errors
+
+    at_once("shared")
     for name in frames:
         subprocess.run(
             command(name, f"alone-{name}", f"alone-cache-{name}"), cwd=ROOT, env=project_env(), check=True
         )
         assert tree_hashes(tmp_path / f"shared-{name}") == tree_hashes(tmp_path / f"alone-{name}")
-    parts = list((tmp_path / "shared").rglob("*.parquet"))
-    assert parts and all(pl.read_parquet(p).height for p in parts)
-    assert not [p for p in (tmp_path / "shared").rglob("*") if ".tmp-" in p.name]
+    held = assert_sound_cache(tmp_path / "shared")
+    assert held == pl.concat([frame["molecule_smiles"] for frame in frames.values()]).n_unique()  # once each
+
+    parts = sorted((tmp_path / "shared").rglob("part-*.parquet"))
+    for number, part in enumerate(parts):  # half cut short, half another part's file
+        part.write_bytes(part.read_bytes()[:100] if number % 2 else parts[number - 1].read_bytes())
+    at_once("again")
+    for name in frames:
+        assert tree_hashes(tmp_path / f"again-{name}") == tree_hashes(tmp_path / f"alone-{name}")
+    assert assert_sound_cache(tmp_path / "shared") == held
+    for name in frames:
+        log = subprocess.run(command(name, f"next-{name}", "shared"), cwd=ROOT, env=project_env(), check=True,
+                             capture_output=True, text=True).stderr  # fmt: skip
+        unique = frames[name]["molecule_smiles"].n_unique()
+        assert re.search(
+            rf"{unique} unique molecules \({unique} reused from the feature cache, 0 computed", log
+        ), log

@@ -101,3 +101,98 @@ def test_positions_2_and_3_draw_from_one_amine_pool_and_test_only_molecules_use_
             0,
             3,
         )  # no test molecule mixes seen and unseen blocks (Kaggle's)
+
+
+def test_the_rule_scores_a_molecule_the_same_with_its_amines_swapped():
+    from stages.generate import PROTEINS, Rule, _profiles, build_libraries, draw_molecules, make_rule
+
+    params = Generate(**BASE)
+    libraries = build_libraries(params)
+    rule = make_rule(params, libraries)
+    profiles = _profiles(libraries, draw_molecules(params, libraries, "train", 600))
+    swapped = profiles[:, [0, 2, 1]]
+    assert not np.array_equal(profiles, swapped)  # the draws do differ in their amines
+    noise = np.random.default_rng(0).normal(size=len(profiles))
+    for protein in PROTEINS:
+        scores = rule.scores(protein, profiles, noise)
+        assert np.array_equal(scores, rule.scores(protein, swapped, noise))
+        assert not np.array_equal(
+            scores, rule.scores(protein, profiles[:, [1, 0, 2]], noise)
+        )  # position 1 differs
+    # The BRD4 synergy by hand: an aryl amine (pattern 4) with an aryl-halide amine (pattern 0), in either order.
+    zero = Rule(weights={p: np.zeros((2, profiles.shape[2])) for p in PROTEINS}, thresholds={})
+    pair = np.zeros((2, 3, profiles.shape[2]))
+    pair[0, 1, 4] = pair[0, 2, 0] = 1.0  # aryl in position 2, aryl halide in position 3
+    pair[1, 2, 4] = pair[1, 1, 0] = 1.0  # the same molecule, amines the other way round
+    assert zero.scores("BRD4", pair, np.zeros(2)).tolist() == [1.5, 1.5]
+    assert zero.scores("HSA", pair, np.zeros(2)).tolist() == [0.0, 0.0]
+
+
+def test_drawing_the_amines_in_the_other_order_gives_the_same_molecules_and_labels(data, monkeypatch):
+    from stages import generate as generate_module
+
+    draw = generate_module._draw_combinations
+    monkeypatch.setattr(generate_module, "_draw_combinations", lambda *a, **k: draw(*a, **k)[:, [0, 2, 1]])
+    swapped = generate_module.generate_all(Generate(**BASE))
+    train, test = data
+    bb2, bb3 = "buildingblock2_smiles", "buildingblock3_smiles"
+    assert (
+        swapped.train[bb2].to_list() == train[bb3].to_list()
+        and swapped.train[bb3].to_list() == train[bb2].to_list()
+    )
+    assert swapped.train.drop(bb2, bb3).equals(train.drop(bb2, bb3))  # same SMILES, same labels, row for row
+    assert swapped.test.drop(bb2, bb3).equals(test.drop(bb2, bb3))
+    assert swapped.test_labels.equals(generate_module.generate_all(Generate(**BASE)).test_labels)
+    # and within the data, a molecule has one label per protein
+    per_molecule = train.group_by("molecule_smiles", "protein_name").agg(pl.col("binds").n_unique())
+    assert per_molecule["binds"].max() == 1
+
+
+def test_hidden_test_labels_one_row_per_test_id_and_kaggle_groups(data):
+    from stages.generate import generate_all
+
+    generated = generate_all(Generate(**BASE))
+    train, test = data
+    labels = generated.test_labels
+    assert generated.test.equals(test) and "binds" not in test.columns
+    assert labels.columns == ["id", "protein_name", "binds", "group"]
+    assert labels.select("id", "protein_name").equals(test.select("id", "protein_name"))
+    assert sorted(labels["id"].to_list()) == sorted(test["id"].to_list()) and labels["id"].is_unique().all()
+    bb = [c for c in train.columns if c.startswith("buildingblock")]
+    seen = {b for row in train.select(bb).rows() for b in row}
+    expected = {}
+    for row in test.select(["id", *bb]).rows():
+        n = sum(b in seen for b in row[1:])
+        expected[row[0]] = {3: "share", 0: "non_share"}[n]
+    assert dict(labels.select("id", "group").rows()) == expected
+    # BASE's sizes: 60 shared molecules x 3 proteins, 60 test-only molecules x 1 protein
+    assert labels["group"].value_counts().sort("group").rows() == [("non_share", 60), ("share", 180)]
+    assert set(labels["binds"].unique().to_list()) <= {0, 1}
+
+
+def test_the_cli_writes_the_hidden_labels_apart_from_an_unlabelled_test_file(tmp_path):
+    import yaml
+
+    from stages import generate as generate_module
+    from tests.conftest import ROOT, deep_update
+
+    params = deep_update(
+        yaml.safe_load((ROOT / "params.yaml").read_text()), {"generate": BASE, "resources": {"workers": 1}}
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = {name: tmp_path / f"{name}.parquet" for name in ("train", "test", "test-labels")}
+    argv = [
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--train",
+        str(out["train"]),
+        "--test",
+        str(out["test"]),
+    ]
+    assert generate_module.main([*argv, "--test-labels", str(out["test-labels"])]) == 0
+    test, labels = pl.read_parquet(out["test"]), pl.read_parquet(out["test-labels"])
+    assert "binds" not in test.columns
+    assert labels.schema == pl.Schema(
+        {"id": pl.Int64, "protein_name": pl.String, "binds": pl.Int64, "group": pl.String}
+    )
+    assert labels.sort("id")["id"].to_list() == test.sort("id")["id"].to_list()

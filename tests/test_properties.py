@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -115,7 +117,7 @@ def test_clean_smiles_known_reasons() -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300), max_size=40))
 def test_key_set_matches_a_python_dict(batches: list[list[int]]) -> None:
-    """featurize's set of molecules seen (key -> check), through merges of its recent blocks, answers like a
+    """featurize's set of molecules seen (key -> check), through merges of its sorted runs, answers like a
     Python dict."""
     seen, reference = KeySet(), {}
     for batch in batches:
@@ -130,3 +132,27 @@ def test_key_set_matches_a_python_dict(batches: list[list[int]]) -> None:
     found, values = seen.lookup(probe)
     assert found.tolist() == [k in reference for k in probe.tolist()]
     assert values[found].tolist() == [reference[k] for k in probe[found].tolist()]
+
+
+def test_key_set_merges_runs_and_answers_like_a_dict_on_random_batches() -> None:
+    """Thousands of keys in 300 batches of random sizes (some repeating earlier keys, some empty), looked up in
+    random order: the same answers as a dict, and the runs stay sorted, each more than twice the next (so a merge
+    never re-sorts what the set holds, and a look-up searches at most log2(keys) + 1 runs)."""
+    rng = np.random.default_rng(5)
+    seen, reference = KeySet(), {}
+    for _ in range(300):
+        fresh = rng.integers(-(2**63), 2**63 - 1, size=int(rng.integers(0, 400)), dtype=np.int64)
+        known = np.array(list(reference), dtype=np.int64)
+        again = rng.choice(known, size=min(len(known), int(rng.integers(0, 50)))) if len(known) else known
+        batch = rng.permutation(np.unique(np.concatenate([fresh, again])))
+        found, values = seen.lookup(batch)
+        assert found.tolist() == [k in reference for k in batch.tolist()]
+        assert values.tolist() == [reference.get(k, 0) for k in batch.tolist()]
+        new = batch[~found]
+        seen.add(new, new ^ 12345)
+        reference.update(zip(new.tolist(), (new ^ 12345).tolist(), strict=True))
+        sizes = [len(keys) for keys, _ in seen.runs]
+        assert all(a > 2 * b for a, b in itertools.pairwise(sizes)), sizes
+        assert all(bool(np.all(keys[1:] > keys[:-1])) for keys, _ in seen.runs)
+        assert len(seen) == sum(sizes) == len(reference)
+    assert len(reference) > 50_000 and len(seen.runs) <= np.log2(len(reference)) + 1

@@ -111,3 +111,14 @@ def test_early_stopping_stops_keeps_the_best_round_and_never_reads_the_valid_par
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert summary["best_iteration"] == best and summary["rounds"] == rounds
     assert {"train", "stop_share", "stop_unseen"} <= set(summary)  # the curves of the parts it watched
+    # the same curves as one table for the training-curves plot: dvclive's own step files are the reference
+    curves = pl.read_csv(tmp_path / "live" / "curves.csv")
+    assert set(curves["part"]) == {"train", "stop_share", "stop_unseen"} and set(curves["booster"]) == {"all"}
+    for part in ("train", "stop_share", "stop_unseen"):
+        steps = pl.read_csv(tmp_path / "live" / "plots" / "metrics" / part / "aucpr.tsv", separator="\t")
+        mine = curves.filter(pl.col("part") == part).sort("round")
+        assert mine["round"].to_list() == list(range(1, rounds + 1))
+        np.testing.assert_allclose(mine["value"].to_numpy(), steps["aucpr"].to_numpy(), rtol=1e-6)
+    assert curves["best_round"].unique().to_list() == [
+        best + 1
+    ]  # early stopping's choice, marked on every row

@@ -210,12 +210,15 @@ def test_distributed_training_is_a_train_param_and_reproducible(
     """train.distributed_workers: 2 trains XGBoost's collective on a LocalCluster of 2: only the model side reruns,
     two runs give the same model bytes, and the model beats chance."""
     repo = distributed_repo
-    assert repo.stages_ran == ["train", "evaluate", "predict"]
+    assert set(repo.stages_ran) == {"train", "final", "evaluate", "predict"}  # both fits distributed
     first = lock_out_hashes(repo)
-    assert first["train:models"] != lock_out_hashes(reproduced_repo)["train:models"]  # another model
+    assert (
+        first["train:models/split"] != lock_out_hashes(reproduced_repo)["train:models/split"]
+    )  # another model
+    assert first["final:models/final"] != lock_out_hashes(reproduced_repo)["final:models/final"]
     result = repo.dvc("repro", "--force", "train")
     assert "(collective QuantileDMatrix)" in result.stderr
-    assert lock_out_hashes(repo)["train:models"] == first["train:models"]
+    assert lock_out_hashes(repo)["train:models/split"] == first["train:models/split"]
     metrics = json.loads(repo.read("metrics/evaluate.json"))
     summary = json.loads(repo.read("metrics/evaluate-summary.json"))
     assert metrics["score"] > 2 * summary["positives"] / summary["rows"], metrics
@@ -304,7 +307,7 @@ def test_a_worker_lost_while_partitions_are_built_is_replaced_and_training_start
         result = train(distributed_repo, tmp_path, cluster, worker_wait=300)
     assert result.returncode == 0, result.stderr
     assert died.exists() and "training starts over" in result.stderr
-    assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models")
+    assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models/split")
 
 
 def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then_the_rerun_completes(
@@ -315,7 +318,7 @@ def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then
     worker, the rerun gives the undisturbed model."""
     from stages.train import TRAIN_EVENTS
 
-    shutil.copytree(reproduced_repo.path / "models", tmp_path / "models")  # an earlier run's models
+    shutil.copytree(reproduced_repo.path / "models/split", tmp_path / "models")  # an earlier run's models
     earlier = tree_hashes(tmp_path / "models")
     rank0 = cluster.worker_addresses()[0]
     with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 0, "round": 5}, True, str(tmp_path / "died"))):
@@ -332,7 +335,7 @@ def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then
     replace_dead_workers(cluster, 2)
     rerun = train(distributed_repo, tmp_path, cluster, worker_wait=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models")
+    assert tree_hashes(tmp_path / "models") == tree_hashes(distributed_repo.path / "models/split")
 
 
 def test_a_worker_lost_while_predicting(reproduced_repo: Repo, cluster: Cluster, tmp_path: Path) -> None:
@@ -347,7 +350,7 @@ def test_a_worker_lost_while_predicting(reproduced_repo: Repo, cluster: Cluster,
 
     def predict() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "stages.predict", "--params", str(tmp_path / "params.yaml"),
-                               "--models", str(repo / "models"), "--features", str(repo / "data/features/test"),
+                               "--models", str(repo / "models/final"), "--features", str(repo / "data/features/test"),
                                "--rejects", str(repo / "data/features/test-rejects.csv"),
                                "--output", str(tmp_path / "submission.csv")],
                               cwd=ROOT, env=dask_env(cluster), capture_output=True, text=True, timeout=600)  # fmt: skip

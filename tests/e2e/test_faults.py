@@ -167,7 +167,7 @@ def copied(reproduced_repo: Repo, tmp_path: Path) -> Repo:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "target"), [("train", "models"), ("predict", "submission.csv")])
+@pytest.mark.parametrize(("stage", "target"), [("train", "split"), ("predict", "submission.csv")])
 def test_stage_killed_before_its_output_is_renamed(
     copied: Repo, tmp_path: Path, stage: str, target: str
 ) -> None:

@@ -15,7 +15,22 @@ from tests.conftest import ROOT, Repo, clone, lock_out_hashes, make_repo, ran_st
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {"generate", "featurize@train", "featurize@test", "split", "train", "evaluate", "predict"}
+ALL_STAGES = {
+    "generate",
+    "featurize@train",
+    "featurize@test",
+    "split",
+    "train",
+    "final",
+    "evaluate",
+    "predict",
+}
+MODEL_STAGES = {
+    "train",
+    "final",
+    "evaluate",
+    "predict",
+}  # scenario B: both fits, the estimate, the submission
 
 
 @pytest.fixture
@@ -35,7 +50,7 @@ def test_full_repro_then_nothing_to_do(reproduced_repo: Repo) -> None:
 
 def test_scenario_b_new_hyperparameters_skip_data_stages(cloned: Repo) -> None:
     result = cloned.dvc("exp", "run", "-S", "xgb.max_depth=8")
-    assert sorted(ran_stages(result.stdout)) == ["evaluate", "predict", "train"]
+    assert set(ran_stages(result.stdout)) == MODEL_STAGES
     shown = json.loads(cloned.dvc("exp", "show", "--json").stdout)
     experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
     assert experiments, shown
@@ -86,7 +101,7 @@ def test_code_change_reruns_that_stage_and_downstream_only(cloned: Repo) -> None
     with open(cloned.path / "stages/split.py", "a") as handle:
         handle.write("\n# split.py is imported by train too\n")
     ran = cloned.repro()
-    assert ran[0] == "split" and set(ran) <= {"split", "train", "evaluate", "predict"}, ran
+    assert ran[0] == "split" and set(ran) <= {"split"} | MODEL_STAGES, ran
 
 
 def test_a_comment_in_the_feature_code_keeps_the_feature_version_the_cache_and_the_models(
@@ -102,7 +117,7 @@ def test_a_comment_in_the_feature_code_keeps_the_feature_version_the_cache_and_t
     assert "1500 reused from the feature cache, 0 computed" in result.stderr, result.stderr
     assert lock_out_hashes(cloned) == before
     test = pl.read_parquet(cloned.path / "data/generated/test.parquet").head(1)
-    scored = run([sys.executable, "-m", "stages.predict", "--models", "models", "--smiles",
+    scored = run([sys.executable, "-m", "stages.predict", "--models", "models/final", "--smiles",
                   test["molecule_smiles"][0], "--protein", test["protein_name"][0]], cwd=cloned.path)  # fmt: skip
     expected = pl.read_csv(cloned.path / "data/submission.csv").filter(pl.col("id") == test["id"][0])[
         "binds"
@@ -124,12 +139,12 @@ def test_output_neutral_edits_rerun_nothing(cloned: Repo) -> None:
 
 def test_a_new_fingerprint_size_does_not_rerun_the_split(cloned: Repo) -> None:
     cloned.set_params({"featurize": {"fingerprint": {"n_bits": 128}}})
-    assert set(cloned.repro()) == {"featurize@train", "featurize@test", "train", "evaluate", "predict"}
+    assert set(cloned.repro()) == {"featurize@train", "featurize@test"} | MODEL_STAGES
 
 
 def test_metrics_and_params_diff_between_commits(cloned: Repo) -> None:
     cloned.set_params({"xgb": {"max_depth": 2, "n_estimators": 10}})
-    assert cloned.repro() == ["train", "evaluate", "predict"]
+    assert set(cloned.repro()) == MODEL_STAGES
     cloned.commit("shallower trees")
     metrics = cloned.dvc("metrics", "diff", "HEAD~1", "HEAD", "--md").stdout
     assert "metrics/evaluate.json" in metrics and "score" in metrics
@@ -137,6 +152,18 @@ def test_metrics_and_params_diff_between_commits(cloned: Repo) -> None:
     assert "xgb.max_depth" in params and "xgb.n_estimators" in params
     plots = json.loads(cloned.dvc("plots", "diff", "HEAD~1", "--json").stdout)["data"]
     assert any("Precision-recall" in name for name in plots) and any("importance" in n for n in plots)
+    (training,) = [
+        name for name in plots if name.startswith("Training curves")
+    ]  # one chart, not one per file
+    assert not any("plots/metrics" in name for name in plots), list(plots)
+    rows = plots[training][0]["content"]["data"]["values"]
+    assert {row["rev"] for row in rows} == {"HEAD~1", "workspace"}  # both revisions side by side
+    assert {row["part"] for row in rows} == {"train"} and {row["booster"] for row in rows} == {"all"}
+    assert {row["best_round"] for row in rows} == {""}  # no early stopping: no best round marked
+    from ci.mr_report import render_plots
+
+    rendered = [plot for plot in render_plots({"data": plots}) if plot.name == training]
+    assert rendered and rendered[0].png and rendered[0].png.startswith(b"\x89PNG"), rendered
 
 
 def test_two_runs_from_scratch_give_identical_hashes(reproduced_repo: Repo, tmp_path: Path) -> None:
@@ -189,7 +216,7 @@ def test_small_model_beats_chance_and_each_split_method_scores_its_groups(cloned
         ("random", {"share"}, "mixed"),
     ):
         cloned.set_params({"split": {"method": method}})
-        assert cloned.repro() == ["split", "train", "evaluate", "predict"]
+        assert set(cloned.repro()) == {"split"} | MODEL_STAGES
         metrics = json.loads(cloned.read("metrics/evaluate.json"))
         pairs = json.loads(cloned.read("metrics/evaluate-summary.json"))["pairs"]
         assert {pair.split("/")[1] for pair in pairs} == groups, pairs
@@ -208,7 +235,7 @@ def test_external_memory_training_is_a_params_switch(cloned: Repo, tmp_path: Pat
          "resources": {"external_memory_dir": str(pages)}}
     )  # fmt: skip
     result = cloned.dvc("repro")
-    assert ran_stages(result.stdout) == ["train", "evaluate", "predict"]
+    assert set(ran_stages(result.stdout)) == MODEL_STAGES
     assert "features (ExtMemQuantileDMatrix); trees kept per booster: all: 25 of 25" in result.stderr, (
         result.stderr
     )
@@ -217,7 +244,7 @@ def test_external_memory_training_is_a_params_switch(cloned: Repo, tmp_path: Pat
     metrics = json.loads(cloned.read("metrics/evaluate.json"))
     assert metrics["score"] > 2 * positive_rate(cloned), metrics
     assert mean_auc(metrics) > 0.65 and abs(mean_auc(metrics) - in_memory) < 0.1, metrics
-    rates = json.loads(cloned.read("models/manifest.json"))["negative_rate"]
+    rates = json.loads(cloned.read("models/split/manifest.json"))["negative_rate"]
     assert rates == {"BRD4": 0.5, "HSA": 0.5, "sEH": 0.5}
 
 
@@ -236,7 +263,13 @@ def test_real_belka_rows_plug_in_through_params_and_dvc(
     cloned.dvc("import-url", str(outside / "test.parquet"), "data/belka/test.parquet")
     cloned.set_params({"inputs": {"train": "data/belka/train.csv", "test": "data/belka/test.parquet"}})
     ran = cloned.repro()
-    assert "generate" not in ran and {"featurize@train", "featurize@test", "train", "predict"} <= set(ran)
+    assert "generate" not in ran and {
+        "featurize@train",
+        "featurize@test",
+        "train",
+        "final",
+        "predict",
+    } <= set(ran)
     manifest = json.loads(cloned.read("data/features/train/manifest.json"))
     assert manifest["rows"] + manifest["rejected_rows"] == 16_731
     submission = pl.read_csv(cloned.path / "data/submission.csv")
@@ -250,13 +283,13 @@ def test_real_belka_rows_plug_in_through_params_and_dvc(
 
 def test_scoring_the_test_file_on_demand_equals_the_submission(reproduced_repo: Repo, tmp_path: Path) -> None:
     out = tmp_path / "scored.csv"
-    run([sys.executable, "-m", "stages.predict", "--models", "models", "--input", "data/generated/test.parquet",
+    run([sys.executable, "-m", "stages.predict", "--models", "models/final", "--input", "data/generated/test.parquet",
          "--output", str(out)], cwd=reproduced_repo.path)  # fmt: skip
     assert out.read_bytes() == reproduced_repo.read("data/submission.csv")
 
 
 def test_every_stage_runs_outside_dvc(reproduced_repo: Repo) -> None:
-    for stage in ("generate", "featurize", "split", "train", "evaluate", "predict"):
+    for stage in ("generate", "featurize", "split", "train", "final", "evaluate", "predict"):
         out = run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=reproduced_repo.path).stdout
         assert "usage: python -m stages." in out and "--params" in out, stage
     help_text = run([sys.executable, "-m", "stages.featurize", "--help"], cwd=reproduced_repo.path).stdout
@@ -275,8 +308,8 @@ def test_the_submission_equals_scoring_the_test_rows_independently_of_the_pipeli
 
     path = reproduced_repo.path
     params = reproduced_repo.params()
-    manifest = json.loads((path / "models/manifest.json").read_text())
-    scaler = json.loads((path / "models/scaler.json").read_text())
+    manifest = json.loads((path / "models/final/manifest.json").read_text())
+    scaler = json.loads((path / "models/final/scaler.json").read_text())
     fingerprint = params["featurize"]["fingerprint"]
     generator = rdFingerprintGenerator.GetMorganGenerator(
         radius=fingerprint["radius"], fpSize=fingerprint["n_bits"], includeChirality=fingerprint["chirality"]
@@ -292,9 +325,9 @@ def test_the_submission_equals_scoring_the_test_rows_independently_of_the_pipeli
     proteins = test["protein_name"].to_numpy()
     expected = np.empty(len(test))
     assert manifest["model"] == "joint"  # SMALL_PARAMS' model (the per-protein default: tests/test_train.py)
-    categories = json.loads((path / "models/encoder.json").read_text())["categories"]
+    categories = json.loads((path / "models/final/encoder.json").read_text())["categories"]
     onehot = (proteins[:, None] == np.array(categories)[None, :]).astype(np.float32)
-    booster = xgb.Booster(model_file=str(path / "models/model.json"))
+    booster = xgb.Booster(model_file=str(path / "models/final/model.json"))
     expected[:] = booster.inplace_predict(np.hstack([onehot, molecules]))
     submission = pl.read_csv(path / "data/submission.csv")
     got = test.select("id").join(submission, on="id", how="left", maintain_order="left")["binds"].to_numpy()

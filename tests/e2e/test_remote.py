@@ -124,13 +124,13 @@ def test_remote_is_configured_without_endpoint_or_credentials():
 
 def test_clone_and_pull_gives_identical_outputs(reproduced_repo, pushed, s3_endpoint, tmp_path):
     fresh = clone(reproduced_repo, tmp_path / "clone", s3_endpoint)
-    assert not (fresh.path / "models" / "manifest.json").exists()
+    assert not (fresh.path / "models" / "final" / "manifest.json").exists()
 
     fresh.dvc("pull")
 
     folders = ("data", "models", "metrics")
     assert file_hashes(fresh.path, *folders) == file_hashes(reproduced_repo.path, *folders)
-    assert "models/manifest.json" in file_hashes(fresh.path, "models")
+    assert "models/final/manifest.json" in file_hashes(fresh.path, "models")
     assert "up to date" in fresh.dvc("status").stdout
     assert "in sync" in fresh.dvc("status", "--cloud").stdout
 
@@ -270,7 +270,7 @@ def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endp
     result = reproduce_job(project.path, job_bin, s3_endpoint)
     log = result.stdout + result.stderr
     assert "FAIL  reproduce" in log and "FAIL 1" in log, log
-    assert sorted(set(ran_stages(log))) == ["evaluate", "predict", "train"], log
+    assert sorted(set(ran_stages(log))) == ["evaluate", "final", "predict", "train"], log
     assert re.search(r"\d+ files? pushed", log), log  # the new model reached the remote before the check
     assert "dvc.lock on main is not what 'dvc repro' gives" in log, log
 

@@ -50,8 +50,8 @@ def test_a_queued_grid_runs_compares_and_the_best_is_applied(reproduced_repo: Re
     params = yaml.safe_load((repo.path / "params.yaml").read_text())
     assert params["train"]["model"] == found[best]["params"]["train"]["model"]
     assert json.loads((repo.path / "metrics/evaluate.json").read_text()) == found[best]["metrics"]
-    assert (repo.path / "models/manifest.json").exists()
-    manifest = json.loads((repo.path / "models/manifest.json").read_text())
+    assert (repo.path / "models/final/manifest.json").exists()
+    manifest = json.loads((repo.path / "models/final/manifest.json").read_text())
     assert manifest["model"] == params["train"]["model"]
     # the model registry: commit the best, register a version of the model dvc.yaml declares (GTO's git tag, as
     # `gto register` writes it), and DVC finds that version
@@ -62,4 +62,4 @@ def test_a_queued_grid_runs_compares_and_the_best_is_applied(reproduced_repo: Re
     shown = repo.run(sys.executable, "-c", "import dvc.api, json; "
                      "print(json.dumps(dvc.api.artifacts_show('belka-binding-model', repo='.')))").stdout  # fmt: skip
     head = repo.git("rev-parse", "HEAD").stdout.strip()
-    assert json.loads(shown) == {"rev": head, "path": "models"}, shown
+    assert json.loads(shown) == {"rev": head, "path": "models/final"}, shown

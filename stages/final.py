@@ -1,0 +1,88 @@
+"""Fit the final model: the split model's settings on every labelled row, for the submission.
+
+``train`` fits the split model on the split's train part, and ``evaluate`` scores it on the valid part: its
+``score`` is the estimate. The submission should come from the best model the pipeline can make, so this stage fits
+the same model form, negative sampling, XGBoost params, data mode and distributed setup on every labelled row (the
+train part, the valid part and the mixed molecules: featurize's rows), and ``predict`` and on-demand scoring use it.
+
+Rounds: each booster is boosted for the rounds the split model kept (its best iteration + 1), without early
+stopping: the final fit has no rows left out to stop on, and the split model's best iteration is the one the
+inner part chose (without early stopping, that is ``xgb.n_estimators``).
+
+``train.final_fit: false`` skips the fit for quick experiments: the split model is copied as the final model, its
+manifest says so, and so does ``predict``'s log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+from stages.cli import run_main, setup_logging
+from stages.io import atomic_dir, read_json, write_json
+from stages.model import MANIFEST, load_model
+from stages.params import Params, load_params
+from stages.train import FitPlan, train_model
+
+log = logging.getLogger("stages.final")
+
+FINAL_ROWS = "every labelled row (the split's train and valid parts and the mixed molecules)"
+
+
+def final_plan(split_manifest: dict) -> FitPlan:
+    """The final fit: every labelled row, each booster boosted for the rounds the split model kept."""
+    rounds = {key: int(best) + 1 for key, best in split_manifest["best_iteration"].items()}
+    return FitPlan("final", FINAL_ROWS, rounds)
+
+
+def copy_split_model(split_dir: Path, model_dir: Path) -> None:
+    """``train.final_fit: false``: the split model's files as the final model, its manifest saying so."""
+    with atomic_dir(model_dir) as target:
+        shutil.copytree(split_dir, target, dirs_exist_ok=True)
+        manifest = read_json(target / MANIFEST, "model manifest")
+        manifest["fit"] = {
+            **manifest["fit"],
+            "final_fit": False,
+            "note": "train.final_fit is false: the split model, not fit on the valid part or the mixed molecules",
+        }
+        write_json(target / MANIFEST, manifest)
+
+
+def fit_final(params: Params, rows_dir: Path, features_dir: Path, split_dir: Path, model_dir: Path) -> dict:
+    """The final model in ``model_dir``, from featurize's rows and features and the split model's manifest."""
+    split_model = load_model(split_dir)
+    if not params.train.final_fit:
+        copy_split_model(split_dir, model_dir)
+        return split_model.manifest["fit"]
+    train_model(params, rows_dir, features_dir, model_dir, None, final_plan(split_model.manifest))
+    return load_model(model_dir).manifest["fit"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.final", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--rows", type=Path, required=True, help="every labelled row: featurize's rows")
+    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
+    parser.add_argument("--split-model", type=Path, required=True, help="the split model (train's output)")
+    parser.add_argument(
+        "--models", type=Path, required=True, help="where the final model's JSON artifacts go"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        params = load_params(args.params)
+        fit = fit_final(params, args.rows, args.features, args.split_model, args.models)
+        if params.train.final_fit:
+            log.info("final model on %d labelled rows (%s)", fit["labelled_rows"], fit["rows"])
+        else:
+            log.warning("train.final_fit is false: the final model is the split model (%s)", fit["rows"])
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
