@@ -13,7 +13,7 @@
 # Each runner has its own volume (docs/ci.md, "Two trust levels"): the protected runner the trusted one, the
 # merge-request runner its own. Where the merge-request runner's config.toml also mounts the trusted feature cache
 # read-only and names it in BELKA_TRUSTED_FEATURES, a merge-request job starts warm: the parts it lacks are copied
-# from there into its own volume (parts are immutable and named by their keys, so a file already there is kept).
+# from there into its own volume (parts are immutable and named by their digests, so a file already there is kept).
 # It reads the trusted layer and writes only its own volume; a protected job never reads BELKA_TRUSTED_FEATURES.
 set -eu
 
@@ -39,7 +39,9 @@ fi
 trusted="${BELKA_TRUSTED_FEATURES:-}"
 if [ -n "$trusted" ] && [ "${CI_COMMIT_REF_PROTECTED:-false}" != "true" ] && [ -n "$features" ] && [ -d "$trusted" ]; then
   copied=0
-  for part in $(cd "$trusted" && find . -type f ! -name '.*'); do  # not the writers' temporaries
+  # not the writers' temporaries (dot names); each part's parquet before the .keys sidecar that makes it visible
+  for part in $(cd "$trusted" && find . -type f ! -name '.*' ! -name '*.keys') \
+              $(cd "$trusted" && find . -type f ! -name '.*' -name '*.keys'); do
     [ -e "$features/$part" ] && continue
     mkdir -p "$(dirname "$features/$part")"
     temporary="$(dirname "$features/$part")/.copy-$$-$(basename "$part")"
