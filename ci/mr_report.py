@@ -7,7 +7,9 @@ and shown in the note as an image. The note carries a hidden marker, so each pip
 instead of adding one more.
 
 Environment (GitLab sets all but the token):
-  GITLAB_API_TOKEN      project access token with `api` scope (a masked CI variable; CI_JOB_TOKEN cannot write notes)
+  GITLAB_API_TOKEN      a dedicated project access token, role Reporter, `api` scope, short expiry (a masked,
+                        unprotected CI variable that every Developer can read: docs/ci.md, "The note's token";
+                        CI_JOB_TOKEN cannot write notes)
   CI_API_V4_URL         e.g. https://gitlab.example.com/api/v4
   CI_PROJECT_ID         numeric project id
   CI_MERGE_REQUEST_IID  the merge request's iid
@@ -248,7 +250,8 @@ def require_env(env: dict[str, str]) -> dict[str, str]:
     if missing:
         raise ReportError(
             f"missing environment variable(s): {', '.join(missing)} "
-            "(GITLAB_API_TOKEN is a masked CI/CD variable holding a project access token with api scope; "
+            "(GITLAB_API_TOKEN is a masked CI/CD variable holding a dedicated project access token, role Reporter, "
+            "api scope; "
             "the others are set by GitLab in merge request pipelines)"
         )
     return {name: env[name] for name in REQUIRED}

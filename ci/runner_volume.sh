@@ -9,6 +9,12 @@
 # The settings go to .dvc/config.local (git-ignored, so cleaned with the clone and set again by every job):
 # a shared cache (group-writable, for runners whose jobs run as different users) whose files are linked into the
 # clone where the filesystem allows (reflink, then hard link, then symlink) and copied where it does not.
+#
+# Each runner has its own volume (docs/ci.md, "Two trust levels"): the protected runner the trusted one, the
+# merge-request runner its own. Where the merge-request runner's config.toml also mounts the trusted feature cache
+# read-only and names it in BELKA_TRUSTED_FEATURES, a merge-request job starts warm: the parts it lacks are copied
+# from there into its own volume (parts are immutable and named by their digests, so a file already there is kept).
+# It reads the trusted layer and writes only its own volume; a protected job never reads BELKA_TRUSTED_FEATURES.
 set -eu
 
 volume="${RUNNER_VOLUME:-}"
@@ -29,5 +35,19 @@ dvc config --local cache.type "reflink,hardlink,symlink,copy"
 if [ -f /.dockerenv ] && ! grep -qs " $volume " /proc/self/mountinfo; then
   echo "WARNING: $volume is not a mounted volume: what this job computes is lost with its container" \
     "(mount a host directory there: docs/ci.md, \"The runner's volume\")"
+fi
+trusted="${BELKA_TRUSTED_FEATURES:-}"
+if [ -n "$trusted" ] && [ "${CI_COMMIT_REF_PROTECTED:-false}" != "true" ] && [ -n "$features" ] && [ -d "$trusted" ]; then
+  copied=0
+  # not the writers' temporaries (dot names); each part's parquet before the .keys sidecar that makes it visible
+  for part in $(cd "$trusted" && find . -type f ! -name '.*' ! -name '*.keys') \
+              $(cd "$trusted" && find . -type f ! -name '.*' -name '*.keys'); do
+    [ -e "$features/$part" ] && continue
+    mkdir -p "$(dirname "$features/$part")"
+    temporary="$(dirname "$features/$part")/.copy-$$-$(basename "$part")"
+    cp "$trusted/$part" "$temporary" && mv "$temporary" "$features/$part"
+    copied=$((copied + 1))
+  done
+  echo "feature cache: $copied part(s) copied from the trusted layer $trusted (read-only)"
 fi
 echo "DVC cache: $volume/dvc-cache; feature cache: ${features:-not on the volume (BELKA_FEATURE_CACHE unset)}"

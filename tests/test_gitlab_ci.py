@@ -151,14 +151,15 @@ def test_every_install_is_from_the_lock(ci):
 
 def test_reproduce_job(ci):
     job = merged(ci, "reproduce")
+    # the protected runner's tag or the merge-request runner's, by workflow:rules
     assert job["tags"] == ["$RUNNER_TAG"]
-    assert ci["variables"]["RUNNER_TAG"] == "desktop-gpu-runner"
+    assert ci["variables"]["PROTECTED_RUNNER_TAG"] == "desktop-gpu-runner"
     assert job["variables"]["GIT_DEPTH"] == 0
     assert job["resource_group"]
     assert job["interruptible"] is True
     assert job["image"] == "$RUNNER_IMAGE"
     script = scripts(job)
-    assert script.index("dvc repro --pull --allow-missing") < script.index("dvc push --run-cache")
+    assert script.index("dvc repro --pull --allow-missing") < script.index("ci/dvc_remote.sh push")
     assert "git diff --exit-code -- dvc.lock" in script  # the default branch fails when dvc.lock differs
 
 
@@ -186,7 +187,7 @@ def test_report_job(ci):
 def test_image_jobs(ci):
     build = merged(ci, "build_image")
     assert set(build["rules"][-1]["changes"]) == {"uv.lock", "pyproject.toml", "Dockerfile"}
-    assert "$CI_REGISTRY_IMAGE" in scripts(build)
+    assert "$IMAGE_REPOSITORY" in scripts(build)
     for name in ("reproduce", "report", "score", "upgrade_check"):
         assert merged(ci, name)["image"] == "$RUNNER_IMAGE"
     assert ci["variables"]["RUNNER_IMAGE"].startswith("$CI_REGISTRY_IMAGE/")
@@ -296,11 +297,13 @@ def gcl(
     job_bin: Path | None = None,
     env: dict[str, str] | None = None,
     timeout: int = 300,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """Run gitlab-ci-local in ``project``; jobs that install the project get ``job_bin`` (a layered_venv) first
     on PATH and as the environment that `uv sync` fills, from uv's cache, offline. The runner's volume is
     ``runner-volume`` beside the project unless ``args`` set RUNNER_VOLUME: never the host's /belka-runner, whose
-    DVC run cache would outlive the test (a stage then restored from an earlier run's cache instead of run)."""
+    DVC run cache would outlive the test (a stage then restored from an earlier run's cache instead of run).
+    ``prefix`` runs gitlab-ci-local through a command (e.g. one that mounts a runner's read-only layer)."""
     if not any(arg.startswith("--variable=RUNNER_VOLUME=") for arg in args):
         args = (f"--variable=RUNNER_VOLUME={project.parent / 'runner-volume'}", *args)
     full_env = gcl_env()
@@ -309,7 +312,7 @@ def gcl(
         full_env["UV_PROJECT_ENVIRONMENT"] = str(job_bin.parent)
     full_env.update(env or {})
     return subprocess.run(
-        [GITLAB_CI_LOCAL, "--no-color", *uv_variables(), *args], cwd=project, env=full_env, capture_output=True,
+        [*prefix, GITLAB_CI_LOCAL, "--no-color", *uv_variables(), *args], cwd=project, env=full_env, capture_output=True,
         text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -468,3 +471,24 @@ def test_gitlab_ci_local_runs_the_test_job(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode != 0, log
     assert "FAIL  test" in log and "1 failed, 1 passed" in log, log
+
+
+@pytest.mark.parametrize("protected", ["true", "false"])
+def test_push_takes_only_the_keys_of_its_trust_level(tmp_path, protected):
+    """`ci/dvc_remote.sh push` never falls back to the environment's AWS keys: without its trust level's keys it
+    pushes nothing and says which are missing (the pushes themselves: tests/e2e/test_trust.py)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DVC_")}
+    env |= {
+        "CI_COMMIT_REF_PROTECTED": protected,
+        "AWS_ACCESS_KEY_ID": "ambient",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's dvc
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run(["sh", str(ROOT / "ci" / "dvc_remote.sh"), "push"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    role = "WRITE" if protected == "true" else "MR"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"DVC_{role}_ACCESS_KEY_ID / DVC_{role}_SECRET_ACCESS_KEY not set" in result.stderr, result.stderr
+    assert "pushing" not in result.stdout

@@ -226,9 +226,21 @@ def test_credentials_never_written_or_printed(reproduced_repo, pushed, s3_endpoi
 # The `reproduce` job of .gitlab-ci.yml, run by gitlab-ci-local with the shell executor against the loopback S3.
 
 
+def remote_keys(*roles: str) -> list[str]:
+    """The variables of the DVC keys of ``roles`` (WRITE, READ, MR: ci/dvc_remote.sh), as GitLab would give a job
+    (this moto server takes any key: tests/e2e/test_trust.py runs one that checks them)."""
+    return [
+        f"--variable=DVC_{role}_{name}={value}"
+        for role in roles
+        for name, value in (("ACCESS_KEY_ID", ACCESS_KEY), ("SECRET_ACCESS_KEY", SECRET_KEY))
+    ]
+
+
 def reproduce_job(project: Path, job_bin: Path, endpoint: str) -> subprocess.CompletedProcess:
+    """The default branch's `reproduce`: a protected ref, so the protected keys too."""
     return gcl(
-        project, "--force-shell-executor", "--variable=CI_COMMIT_BRANCH=main", "reproduce",
+        project, "--force-shell-executor", "--variable=CI_COMMIT_BRANCH=main", "--variable=CI_COMMIT_REF_PROTECTED=true",
+        *remote_keys("WRITE", "READ"), "reproduce",
         job_bin=job_bin, env={"AWS_ENDPOINT_URL": endpoint, "BELKA_PROGRESS": "0"}, timeout=600,
     )  # fmt: skip
 
@@ -282,12 +294,16 @@ def molecules(path: Path) -> set[str]:
     return set(pl.read_parquet(path, columns=["molecule_smiles"])["molecule_smiles"].to_list())
 
 
-def merge_request_reproduce(project: Path, job_bin: Path, endpoint: str, volume: Path, home_cache: Path):
-    """The `reproduce` job of a merge request pipeline, with the runner's volume at ``volume``; the user-level
-    feature cache (``XDG_CACHE_HOME``) points at ``home_cache``, which the job must not use."""
+def merge_request_reproduce(
+    project: Path, job_bin: Path, endpoint: str, volume: Path, home_cache: Path, mr_remote: str
+):
+    """The `reproduce` job of a merge request pipeline, with the runner's volume at ``volume``, pushing to
+    ``mr_remote``; the user-level feature cache (``XDG_CACHE_HOME``) points at ``home_cache``, which the job must
+    not use."""
     return gcl(
         project, "--force-shell-executor", *[f"--variable={v}" for v in MERGE_REQUEST if not v.endswith("=")],
-        "--unset-variable=CI_COMMIT_BRANCH", f"--variable=RUNNER_VOLUME={volume}", "reproduce", job_bin=job_bin,
+        "--unset-variable=CI_COMMIT_BRANCH", f"--variable=RUNNER_VOLUME={volume}", *remote_keys("READ", "MR"),
+        f"--variable=DVC_MR_REMOTE_URL={mr_remote}", "reproduce", job_bin=job_bin,
         env={"AWS_ENDPOINT_URL": endpoint, "BELKA_PROGRESS": "0", "XDG_CACHE_HOME": str(home_cache)}, timeout=600,
     )  # fmt: skip
 
@@ -322,7 +338,9 @@ def test_consecutive_reproduce_jobs_featurize_only_new_molecules(s3_endpoint, tm
     job_bin = layered_venv(tmp_path / "job-venv")
     volume, home_cache = tmp_path / "runner-volume", tmp_path / "home-cache"
 
-    first = merge_request_reproduce(project.path, job_bin, s3_endpoint, volume, home_cache)
+    first = merge_request_reproduce(
+        project.path, job_bin, s3_endpoint, volume, home_cache, f"s3://{bucket}/mr"
+    )
     log = first.stdout + first.stderr
     assert "reproduce finished" in log and "FAIL" not in log, log  # dvc.lock changed: the allowed exit 3
     molecules_train = params_train = project.params()["generate"]["train_molecules"]
@@ -342,7 +360,9 @@ def test_consecutive_reproduce_jobs_featurize_only_new_molecules(s3_endpoint, tm
         and not (project.path / ".dvc" / "cache").exists()
     )
 
-    second = merge_request_reproduce(project.path, job_bin, s3_endpoint, volume, home_cache)
+    second = merge_request_reproduce(
+        project.path, job_bin, s3_endpoint, volume, home_cache, f"s3://{bucket}/mr"
+    )
     log = second.stdout + second.stderr
     assert "reproduce finished" in log and "FAIL" not in log, log
     appended = molecules(project.path / "data/generated/train.parquet")
