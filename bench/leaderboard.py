@@ -14,7 +14,9 @@ training building block) are in neither of Kaggle's groups and are not scored.
 
 ``run``: for each seed, a git clone of this repository's HEAD in a work directory, ``generate.seed`` set in its
 params.yaml (and the test set enlarged, ``--test-shared`` / ``--test-unseen``: the default test set holds a handful
-of positives per pair; the test sizes leave the training data, so the split, the models and `evaluate`, untouched),
+of positives per pair; the test sizes leave the training data, so the split, the models and `evaluate`, untouched;
+the default data's test-only building blocks make only 7,182 distinct non-share molecules, so 6,000 is near
+the most there are, and a non-share pair may still hold no positive for some seeds),
 ``dvc repro`` with this interpreter's ``python`` and ``dvc``, then two submissions scored against the hidden labels:
 the final model's (``data/submission.csv``, which predict writes) and the split model's (predict run again on the
 split model), beside `evaluate`'s ``score`` and its 95% bootstrap interval. Prints a Markdown table and writes the
@@ -51,6 +53,7 @@ TEST_LABELS = "data/generated/test-labels.parquet"
 METRICS = "metrics/evaluate.json"  # its "score"
 SUMMARY = "metrics/evaluate-summary.json"  # its ["bootstrap"]["score"]: [low, high]
 RESULTS = ROOT / "bench" / "results"
+LAYOUT = (SPLIT_MODELS, FINAL_MODELS, TEST_LABELS, SUBMISSION, METRICS, SUMMARY)  # checked against dvc.yaml
 
 PROTEINS = ("BRD4", "HSA", "sEH")
 SCORED_GROUPS = ("share", "non_share")  # Kaggle's groups
@@ -295,6 +298,20 @@ def read_json(path: Path) -> dict:
         raise SystemExit(f"error: {path}: {exc}") from None
 
 
+def undeclared(dvc_yaml: dict, paths: tuple[str, ...]) -> list[str]:
+    """The ``paths`` that no stage of ``dvc_yaml`` writes (as an out, inside one, or as a folder of outs)."""
+    outs = [
+        next(iter(out)) if isinstance(out, dict) else out  # an out with options is a one-key mapping
+        for stage in dvc_yaml.get("stages", {}).values()
+        for out in stage.get("outs", []) + stage.get("do", {}).get("outs", [])
+    ]
+    return [
+        path
+        for path in paths
+        if not any(out == path or out.startswith(f"{path}/") or path.startswith(f"{out}/") for out in outs)
+    ]
+
+
 def run_seed(seed: int, workdir: Path, settings: list[tuple[list[str], object]]) -> SeedResult:
     """Clone HEAD, set the seed (and ``settings``), `dvc repro`, score both submissions."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -302,13 +319,17 @@ def run_seed(seed: int, workdir: Path, settings: list[tuple[list[str], object]])
     sh(["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)], workdir)
     sh(["git", "checkout", "-q", head.stdout.strip()], clone)
     set_params(clone / "params.yaml", [(["generate", "seed"], seed), *settings])
+    missing = undeclared(yaml.safe_load((clone / "dvc.yaml").read_text()), LAYOUT)
+    if missing:
+        raise SystemExit(f"error: {clone / 'dvc.yaml'}: no stage writes {', '.join(missing)} (set the paths at the "
+                         f"top of bench/leaderboard.py to the repository's layout)")  # fmt: skip
     start = time.perf_counter()
     print(f"seed {seed}: dvc repro in {clone}", file=sys.stderr, flush=True)
     sh([sys.executable, "-m", "dvc", "repro"], clone)
     for path in (SPLIT_MODELS, FINAL_MODELS):
         if not (clone / path).is_dir():
-            raise SystemExit(f"error: {clone / path}: no model directory (this script expects {SPLIT_MODELS} and "
-                             f"{FINAL_MODELS}: set SPLIT_MODELS / FINAL_MODELS at its top to the layout)")  # fmt: skip
+            raise SystemExit(f"error: {clone / path}: no model directory after dvc repro (set the paths at the top of "
+                             f"bench/leaderboard.py to the repository's layout)")  # fmt: skip
     split_submission = clone / "split-submission.csv"
     sh([sys.executable, "-m", "stages.predict", "--features", TEST_FEATURES, "--rejects", TEST_REJECTS,
         "--models", SPLIT_MODELS, "--output", str(split_submission)], clone)  # fmt: skip

@@ -336,9 +336,7 @@ class Generated:
 
     train: pl.DataFrame
     test: pl.DataFrame
-    test_labels: (
-        pl.DataFrame
-    )  # id, protein_name, binds, group: what a leaderboard scores a submission against
+    test_labels: pl.DataFrame  # id, protein_name, binds, group: what a leaderboard scores submissions against
 
 
 def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
@@ -371,9 +369,10 @@ def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
 
 
 def hidden_labels(train: pl.DataFrame, test: pl.DataFrame) -> pl.DataFrame:
-    """id, protein_name, binds, group of each labelled test row. The group is Kaggle's: ``share`` when all three building blocks
-    occur in the training table (in any position), ``non_share`` when none does; ``mixed`` (neither, as in no Kaggle
-    test molecule) only happens when the training table is too small to use every training building block."""
+    """id, protein_name, binds, group of each labelled test row. The group is Kaggle's: ``share`` when all three
+    building blocks occur in the training table (in any position), ``non_share`` when none does; ``mixed`` (neither,
+    as in no Kaggle test molecule) only happens when the training table is too small to use every training building
+    block."""
     seen = pl.concat([train[c] for c in BB_COLUMNS]).unique().implode()
     n_seen = pl.sum_horizontal([pl.col(c).is_in(seen).cast(pl.Int8) for c in BB_COLUMNS])
     group = pl.when(n_seen == 3).then(pl.lit("share")).when(n_seen == 0).then(pl.lit("non_share"))
@@ -411,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--test-labels",
         type=Path,
-        help="also write the test set's hidden labels (id, protein_name, binds, group) here: for a leaderboard, never the pipeline",
+        help="also write the test set's hidden labels (id, protein_name, binds, group): for a leaderboard only",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -148,6 +148,14 @@ def test_drawing_the_amines_in_the_other_order_gives_the_same_molecules_and_labe
     assert per_molecule["binds"].max() == 1
 
 
+def kaggle_groups(train: pl.DataFrame, test: pl.DataFrame) -> dict[int, str]:
+    """id -> group by Kaggle's definition, from the building blocks of the two tables."""
+    bb = [c for c in train.columns if c.startswith("buildingblock")]
+    seen = {b for row in train.select(bb).rows() for b in row}
+    names = {3: "share", 0: "non_share", 1: "mixed", 2: "mixed"}
+    return {row[0]: names[sum(b in seen for b in row[1:])] for row in test.select(["id", *bb]).rows()}
+
+
 def test_hidden_test_labels_one_row_per_test_id_and_kaggle_groups(data):
     from stages.generate import generate_all
 
@@ -158,16 +166,19 @@ def test_hidden_test_labels_one_row_per_test_id_and_kaggle_groups(data):
     assert labels.columns == ["id", "protein_name", "binds", "group"]
     assert labels.select("id", "protein_name").equals(test.select("id", "protein_name"))
     assert sorted(labels["id"].to_list()) == sorted(test["id"].to_list()) and labels["id"].is_unique().all()
-    bb = [c for c in train.columns if c.startswith("buildingblock")]
-    seen = {b for row in train.select(bb).rows() for b in row}
-    expected = {}
-    for row in test.select(["id", *bb]).rows():
-        n = sum(b in seen for b in row[1:])
-        expected[row[0]] = {3: "share", 0: "non_share"}[n]
-    assert dict(labels.select("id", "group").rows()) == expected
+    assert dict(labels.select("id", "group").rows()) == kaggle_groups(train, test)
     # BASE's sizes: 60 shared molecules x 3 proteins, 60 test-only molecules x 1 protein
     assert labels["group"].value_counts().sort("group").rows() == [("non_share", 60), ("share", 180)]
     assert set(labels["binds"].unique().to_list()) <= {0, 1}
+
+
+def test_a_training_set_too_small_to_use_every_block_gives_mixed_test_molecules_their_own_group():
+    from stages.generate import generate_all
+
+    tiny = generate_all(Generate(**{**BASE, "seed": 5, "train_molecules": 100}))
+    groups = dict(tiny.test_labels.select("id", "group").rows())
+    assert groups == kaggle_groups(tiny.train, tiny.test)
+    assert set(groups.values()) == {"share", "non_share", "mixed"}
 
 
 def test_the_cli_writes_the_hidden_labels_apart_from_an_unlabelled_test_file(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from bench import leaderboard
 from bench.leaderboard import LeaderboardError, Score, SeedResult, score_submission
@@ -144,3 +145,16 @@ def test_settings_are_set_in_the_clone_params(tmp_path):
     path.write_text("generate:\n  seed: 2024\n  rows: 5\nxgb:\n  max_depth: 6\n")
     leaderboard.set_params(path, [(["generate", "seed"], 1), leaderboard.parse_setting("xgb.max_depth=8")])
     assert path.read_text() == "generate:\n  seed: 1\n  rows: 5\nxgb:\n  max_depth: 8\n"
+
+
+def test_the_layout_is_checked_against_the_stages_outs():
+    from tests.conftest import ROOT
+
+    dvc_yaml = {"stages": {"train": {"outs": ["models/split", {"models/final": {"cache": True}}]},
+                           "featurize": {"foreach": {}, "do": {"outs": ["data/features/${key}"]}},
+                           "evaluate": {"outs": [{"metrics/evaluate.json": {"cache": False}}]}}}  # fmt: skip
+    paths = ("models/split", "models/final/model.json", "models", "metrics/evaluate.json", "data/features/test",
+             "data/submission.csv")  # fmt: skip
+    assert leaderboard.undeclared(dvc_yaml, paths) == ["data/features/test", "data/submission.csv"]
+    real = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert leaderboard.undeclared(real, (leaderboard.TEST_LABELS, leaderboard.SUBMISSION)) == []
