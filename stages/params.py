@@ -209,6 +209,9 @@ class Resources(Section):
     external_memory_dir: str | None = Field(default=None, min_length=1)
     # seconds a Dask run waits for the workers it lacks before failing (at the start, after losing one)
     worker_wait: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    # the memory train's in-memory fit may use at its peak, in GB (null: what the machine has available, within a
+    # cgroup's limit); $BELKA_MEMORY_LIMIT_GB wins over it
+    memory_limit_gb: float | None = Field(default=None, gt=0.0, le=1_000_000.0)
 
 
 FEATURE_CACHE_VARIABLE = "BELKA_FEATURE_CACHE"
