@@ -39,7 +39,8 @@ from pathlib import Path
 import polars as pl
 
 from stages import features
-from stages.io import BINDS, PROTEIN, InputError, first_line, list_shards
+from stages.dataset import read_rows
+from stages.io import BINDS, PROTEIN, InputError, list_shards
 from stages.molecules import read_manifest
 from stages.params import Params, external_memory_dir
 
@@ -351,26 +352,16 @@ def check_memory(params: Params, counts: Counts, shape: FeatureShape, what: str)
 
 def counts_of_rows(rows_dir: Path) -> Counts:
     """Rows and positives by protein of a rows directory, from its label columns (when no split summary is
-    given: the summary's counts need no row read)."""
+    given: the summary's counts need no row read); a damaged shard is named as train would name it."""
     shards = list_shards(rows_dir)
-    if not shards:
-        raise InputError(f"{rows_dir}: no rows shards (dvc repro)")
-    try:
-        table = (
-            pl.scan_parquet(shards)
-            .group_by(PROTEIN)
-            .agg(pl.len().alias("rows"), pl.col(BINDS).sum())
-            .collect()
-        )
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(
-            f"{rows_dir}: rows shards not readable ({first_line(exc)}); dvc checkout or dvc repro"
-        ) from None
-    return Counts(
-        {str(p): int(n) for p, n in zip(table[PROTEIN], table["rows"], strict=True)},
-        {str(p): int(n or 0) for p, n in zip(table[PROTEIN], table[BINDS], strict=True)},
-        len(shards),
-    )
+    rows: dict[str, int] = {}
+    positives: dict[str, int] = {}
+    for shard in shards:
+        labels = read_rows(shard, [PROTEIN, BINDS])
+        for protein, n, bound in labels.group_by(PROTEIN).agg(pl.len(), pl.col(BINDS).sum()).iter_rows():
+            rows[str(protein)] = rows.get(str(protein), 0) + int(n)
+            positives[str(protein)] = positives.get(str(protein), 0) + int(bound or 0)
+    return Counts(rows, positives, len(shards))
 
 
 def fit_inputs(

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
 from stages import memory
+from stages.io import InputError
 from stages.memory import Counts, FeatureShape, estimate
 from tests.conftest import ROOT, MiniRun, project_env
 from tests.test_train import with_train
@@ -154,3 +156,27 @@ def test_the_estimate_is_within_a_quarter_of_the_measured_peak(tmp_path, mini_ru
     estimated = float(re.search(r"needs about ([\d.]+) GB in memory", log).group(1))
     peak = usage.ru_maxrss * 1024 / 1e9
     assert 0.75 <= estimated / peak <= 1.25, (estimated, peak, log)
+
+
+def test_without_a_summary_the_labels_are_counted_and_a_fit_that_fits_is_logged(
+    mini_run: MiniRun, monkeypatch, caplog
+):
+    params = with_train(mini_run.params, model="joint", negative_sample_rate=1.0, data_mode="in_memory")
+    rows_dir = mini_run.split / "train"
+    monkeypatch.setenv(memory.MEMORY_LIMIT_VARIABLE, "1000")
+    caplog.set_level("INFO", logger="stages.memory")
+    summary = mini_run.split / "summary.json"
+    from_summary = memory.check_fit(params, summary, ("train",), rows_dir, mini_run.features, "split fit")
+    from_rows = memory.check_fit(params, None, ("train",), rows_dir, mini_run.features, "split fit")
+    rows = pl.read_parquet(rows_dir)
+    assert from_summary.rows == from_rows.rows == len(rows)  # no sampling: every row kept
+    assert from_summary.matrix == from_rows.matrix == len(rows) * (3 + 3 + 128)
+    logged = [r for r in caplog.records if r.name == "stages.memory"]
+    assert len(logged) == 2 and all(r.levelname == "INFO" for r in logged)
+    assert "1000.00 GB available ($BELKA_MEMORY_LIMIT_GB)" in logged[0].getMessage()
+    monkeypatch.delenv(memory.MEMORY_LIMIT_VARIABLE)
+    available, source = memory.memory_available(params)  # the machine's, within a cgroup limit
+    assert available > memory.current_rss() and "available memory" in source
+    monkeypatch.setenv(memory.MEMORY_LIMIT_VARIABLE, "lots")
+    with pytest.raises(InputError, match=r"\$BELKA_MEMORY_LIMIT_GB='lots': expected a positive number of GB"):
+        memory.memory_available(params)
