@@ -42,7 +42,7 @@ from stages import features
 from stages.dataset import read_rows
 from stages.io import BINDS, PROTEIN, InputError, list_shards
 from stages.molecules import read_manifest
-from stages.params import Params, external_memory_dir
+from stages.params import Params, Train, external_memory_dir
 
 log = logging.getLogger("stages.memory")
 
@@ -101,23 +101,14 @@ def read_summary(path: Path) -> dict:
         raise InputError(f"{path}: not valid JSON ({exc}); dvc checkout or dvc repro split") from None
 
 
-def kept_by_protein(
-    counts: Counts, negatives_per_positive: float | None, negative_sample_rate: float
-) -> dict[str, float]:
-    """The expected rows kept after negative sampling, by protein: every positive and each protein's rate of its
-    negatives (k x positives / negatives, at most 1, as :func:`stages.train.negative_rates`; the fit part has the
-    same ratio in expectation)."""
+def kept_by_protein(counts: Counts, settings: Train) -> dict[str, float]:
+    """The expected rows kept after negative sampling, by protein: every positive and the protein's rate of its
+    negatives (:meth:`Train.negative_rate`, as train sets it from the fit part's counts: the same ratio in
+    expectation)."""
     kept = {}
     for protein, rows in counts.rows.items():
         positives = counts.positives.get(protein, 0)
-        negatives = rows - positives
-        if negatives_per_positive is None:
-            rate = negative_sample_rate
-        else:
-            rate = (
-                min(1.0, negatives_per_positive * positives / negatives) if negatives and positives else 1.0
-            )
-        kept[protein] = positives + rate * negatives
+        kept[protein] = positives + settings.negative_rate(positives, rows - positives) * (rows - positives)
     return kept
 
 
@@ -172,18 +163,13 @@ def bin_bytes(max_bin: int) -> int:
     return 1 if max_bin <= 256 else 2 if max_bin <= 65_536 else 4
 
 
-def estimate(
-    params: Params, counts: Counts, shape: FeatureShape, baseline: int, *, mode: str | None = None,
-    negatives_per_positive: float | None = ..., negative_sample_rate: float | None = None,  # type: ignore[assignment]
-) -> Estimate:  # fmt: skip
+def estimate(params: Params, counts: Counts, shape: FeatureShape, baseline: int, **train_changes) -> Estimate:
     """The fit's memory (see the module's docstring): every part of a booster (fit and early stopping) is built,
-    so the split fit and the final fit of the same rows need the same. ``mode``, ``negatives_per_positive`` and
-    ``negative_sample_rate`` override the params' (what-ifs)."""
-    settings = params.train
-    mode = mode or settings.data_mode
-    k = settings.negatives_per_positive if negatives_per_positive is ... else negatives_per_positive
-    rate = negative_sample_rate if negative_sample_rate is not None else settings.negative_sample_rate
-    kept = kept_by_protein(counts, k, rate)
+    so the split fit and the final fit of the same rows need the same. ``train_changes`` override ``train.*`` keys
+    (``data_mode``, ``negatives_per_positive``, ``negative_sample_rate``: what-ifs)."""
+    settings = params.train.model_copy(update=train_changes)
+    mode = settings.data_mode
+    kept = kept_by_protein(counts, settings)
     joint = settings.model == "joint"
     n_features = (len(counts.rows) if joint else 0) + shape.descriptors + shape.n_bits
     all_rows = sum(counts.rows.values())
@@ -310,17 +296,17 @@ def refusal(
     rate = largest_fitting(
         lambda x: peak(negatives_per_positive=None, negative_sample_rate=x), 0.0, 1.0, limit
     )
-    external = estimate(params, counts, shape, baseline, mode="external")
-    unset = (
-        " (with train.negatives_per_positive: null)"
-        if params.train.negatives_per_positive is not None
-        else ""
+    external = estimate(params, counts, shape, baseline, data_mode="external")
+    settings = params.train
+    unset_k = (
+        " (with train.negatives_per_positive: null)" if settings.negatives_per_positive is not None else ""
     )
+    unset_rate = " (with train.negative_sample_rate: 1.0)" if settings.negative_sample_rate != 1.0 else ""
     ways = [
-        f"train.negatives_per_positive: {_figure(k)} or less"
+        f"train.negatives_per_positive: {_figure(k)} or less{unset_rate}"
         if k
         else "no train.negatives_per_positive fits",
-        f"train.negative_sample_rate: {_figure(rate)} or less{unset}"
+        f"train.negative_sample_rate: {_figure(rate)} or less{unset_k}"
         if rate
         else "no train.negative_sample_rate fits",
         f"train.data_mode: external (at most about {external.peak / GB:.2f} GB in memory, with the pages it maps, "

@@ -146,6 +146,14 @@ class Train(Section):
     early_stopping: EarlyStopping = EarlyStopping(rounds=0)
     final_fit: bool = True  # false: the submission comes from the split model (quick experiments)
 
+    def negative_rate(self, positives: int, negatives: int) -> float:
+        """The fraction of a protein's negatives kept: ``negative_sample_rate``, or ``negatives_per_positive`` x
+        positives / negatives (at most 1; 1 for a protein without positives or negatives)."""
+        k = self.negatives_per_positive
+        if k is None:
+            return self.negative_sample_rate
+        return min(1.0, k * positives / negatives) if negatives and positives else 1.0
+
     @model_validator(mode="after")
     def _one_sampling(self) -> Train:
         if self.negatives_per_positive is not None and self.negative_sample_rate != 1.0:

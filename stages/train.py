@@ -118,14 +118,10 @@ class LabelCounts:
 
 def negative_rates(params: Params, counts: LabelCounts) -> dict[str, float]:
     """The fraction of negatives kept for each protein."""
-    per_positive = params.train.negatives_per_positive
-    if per_positive is None:
-        return dict.fromkeys(counts.proteins, params.train.negative_sample_rate)
     rates = {}
     for protein in counts.proteins:
         rows, positives = counts.of(FIT, protein)
-        negatives = rows - positives
-        rates[protein] = min(1.0, per_positive * positives / negatives) if negatives and positives else 1.0
+        rates[protein] = params.train.negative_rate(positives, rows - positives)
     return rates
 
 

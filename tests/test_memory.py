@@ -44,7 +44,7 @@ def test_rows_kept_and_matrix_size_follow_the_sampling(mini_run: MiniRun):
         with_train(params, negatives_per_positive=2.0, negative_sample_rate=1.0), counts, SHAPE, 0
     )
     assert sampled.rows == 120 and sampled.peak < joint.peak
-    external = estimate(params, counts, SHAPE, baseline=0, mode="external")
+    external = estimate(params, counts, SHAPE, baseline=0, data_mode="external")
     assert external.disk == joint.matrix and joint.disk == 0
     wide = params.model_copy(update={"xgb": params.xgb.model_copy(update={"max_bin": 1024})})
     assert estimate(wide, counts, SHAPE, 0).matrix == 2 * joint.matrix  # two bytes a value past 256 bins
