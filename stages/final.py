@@ -24,7 +24,7 @@ from stages.cli import run_main, setup_logging
 from stages.io import atomic_dir, read_json, write_json
 from stages.model import MANIFEST, load_model
 from stages.params import Params, load_params
-from stages.train import FitPlan, train_model
+from stages.train import SUMMARY_HELP, FitPlan, train_model
 
 log = logging.getLogger("stages.final")
 
@@ -34,7 +34,7 @@ FINAL_ROWS = "every labelled row (the split's train and valid parts and the mixe
 def final_plan(split_manifest: dict) -> FitPlan:
     """The final fit: every labelled row, each booster boosted for the rounds the split model kept."""
     rounds = {key: int(best) + 1 for key, best in split_manifest["best_iteration"].items()}
-    return FitPlan("final", FINAL_ROWS, rounds)
+    return FitPlan("final", FINAL_ROWS, ("train", "valid"), rounds)
 
 
 def copy_split_model(split_dir: Path, model_dir: Path) -> None:
@@ -50,13 +50,21 @@ def copy_split_model(split_dir: Path, model_dir: Path) -> None:
         write_json(target / MANIFEST, manifest)
 
 
-def fit_final(params: Params, rows_dir: Path, features_dir: Path, split_dir: Path, model_dir: Path) -> dict:
-    """The final model in ``model_dir``, from featurize's rows and features and the split model's manifest."""
+def fit_final(
+    params: Params,
+    rows_dir: Path,
+    features_dir: Path,
+    split_dir: Path,
+    model_dir: Path,
+    summary: Path | None = None,
+) -> dict:
+    """The final model in ``model_dir``, from featurize's rows and features and the split model's manifest; its
+    memory is estimated from the split's ``summary`` (train and valid parts) before any row is read."""
     split_model = load_model(split_dir)
     if not params.train.final_fit:
         copy_split_model(split_dir, model_dir)
         return split_model.manifest["fit"]
-    train_model(params, rows_dir, features_dir, model_dir, None, final_plan(split_model.manifest))
+    train_model(params, rows_dir, features_dir, model_dir, None, final_plan(split_model.manifest), summary)
     return load_model(model_dir).manifest["fit"]
 
 
@@ -69,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", type=Path, required=True, help="where the final model's JSON artifacts go"
     )
+    parser.add_argument("--split-summary", type=Path, help=SUMMARY_HELP)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     def body() -> None:
         params = load_params(args.params)
-        fit = fit_final(params, args.rows, args.features, args.split_model, args.models)
+        fit = fit_final(params, args.rows, args.features, args.split_model, args.models, args.split_summary)
         if params.train.final_fit:
             log.info("final model on %d labelled rows (%s)", fit["labelled_rows"], fit["rows"])
         else:

@@ -149,6 +149,14 @@ class Train(Section):
     early_stopping: EarlyStopping = EarlyStopping(rounds=0)
     final_fit: bool = True  # false: the submission comes from the split model (quick experiments)
 
+    def negative_rate(self, positives: int, negatives: int) -> float:
+        """The fraction of a protein's negatives kept: ``negative_sample_rate``, or ``negatives_per_positive`` x
+        positives / negatives (at most 1; 1 for a protein without positives or negatives)."""
+        k = self.negatives_per_positive
+        if k is None:
+            return self.negative_sample_rate
+        return min(1.0, k * positives / negatives) if negatives and positives else 1.0
+
     @model_validator(mode="after")
     def _one_sampling(self) -> Train:
         if self.negatives_per_positive is not None and self.negative_sample_rate != 1.0:
@@ -218,6 +226,9 @@ class Resources(Section):
     external_memory_dir: str | None = Field(default=None, min_length=1)
     # seconds a Dask run waits for the workers it lacks before failing (at the start, after losing one)
     worker_wait: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    # the memory train's in-memory fit may use at its peak, in GB (null: what the machine has available, within a
+    # cgroup's limit); $BELKA_MEMORY_LIMIT_GB wins over it
+    memory_limit_gb: float | None = Field(default=None, gt=0.0, le=1_000_000.0)
 
 
 FEATURE_CACHE_VARIABLE = "BELKA_FEATURE_CACHE"

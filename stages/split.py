@@ -21,7 +21,8 @@ molecule to the other side or to another group, the row order and batch size cha
 before and after an append score the same earlier molecules.
 
 Output: ``--train`` and ``--valid`` directories of ``part-NNNNN.parquet`` (the featurized rows plus
-``unseen_blocks``; features stay once per molecule in the featurize output) and ``--summary`` (counts). Split reads only the featurized rows, so a
+``unseen_blocks``; features stay once per molecule in the featurize output) and ``--summary`` (counts: rows and
+positives of each side, in all and by protein, and of each valid group). Split reads only the featurized rows, so a
 change of molecule features (fingerprint, descriptors) does not rerun it.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ import polars as pl
 
 from stages.cli import run_main, setup_logging
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, iter_row_batches
-from stages.io import BINDS, InputError, atomic_dir, shard_name, write_json, write_parquet
+from stages.io import BINDS, PROTEIN, InputError, atomic_dir, shard_name, write_json, write_parquet
 from stages.params import Split, load_params
 
 log = logging.getLogger("stages.split")
@@ -124,6 +125,24 @@ class PartCounts:
         self.positives += int(part[BINDS].sum() or 0)
 
 
+@dataclass
+class SideCounts:
+    """Rows and positives of a side (train or valid), in all and by protein: what train's memory estimate reads
+    before it reads any row (the rows it will keep after sampling)."""
+
+    total: PartCounts = field(default_factory=PartCounts)
+    by_protein: dict[str, PartCounts] = field(default_factory=dict)
+
+    def add(self, part: pl.DataFrame) -> None:
+        self.total.add(part)
+        for (protein,), rows in part.group_by(PROTEIN):
+            self.by_protein.setdefault(str(protein), PartCounts()).add(rows)
+
+    def record(self) -> dict:
+        by_protein = {protein: vars(self.by_protein[protein]) for protein in sorted(self.by_protein)}
+        return {**vars(self.total), "by_protein": by_protein}
+
+
 @dataclass(frozen=True)
 class SplitOutput:
     """Where the split writes: the train part (all train reads), the valid part, the summary."""
@@ -139,7 +158,7 @@ class SplitOutput:
 
 def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
     rule = Rule.of_split(params)
-    counts = {side: PartCounts() for side in ("train", "valid")}
+    counts = {side: SideCounts() for side in ("train", "valid")}
     by_group: dict[str, PartCounts] = {group: PartCounts() for group in ("share", "mixed", "non_share")}
     with atomic_dir(out.train) as train_tmp, atomic_dir(out.valid) as valid_tmp:
         for number, rows in enumerate(iter_row_batches(rows_dir, READ_ROWS)):
@@ -153,15 +172,15 @@ def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
             for unseen, group in GROUP_OF_UNSEEN.items():
                 by_group[group].add(valid.filter(pl.col(UNSEEN) == unseen))
         for side, part in counts.items():
-            if part.rows == 0:
+            if part.total.rows == 0:
                 raise InputError(
                     f"split: the {side} part is empty; change split.valid_fraction, "
                     "split.held_out_building_blocks or the data"
                 )
         summary = {
             "method": params.method,
-            "train": vars(counts["train"]),
-            "valid": vars(counts["valid"]),
+            "train": counts["train"].record(),
+            "valid": counts["valid"].record(),
             "valid_groups": {group: vars(part) for group, part in by_group.items()},
         }
     write_json(out.summary, summary)

@@ -55,6 +55,7 @@ from stages.io import (
     scratch_dir,
     write_csv,
 )
+from stages.memory import check_fit
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
 from stages.params import Params, Train, external_memory_dir, load_params, threads
@@ -64,6 +65,10 @@ log = logging.getLogger("stages.train")
 
 FIT, STOP_SHARE, STOP_UNSEEN = "fit", "stop_share", "stop_unseen"  # the parts of the training rows
 LABEL_COLUMNS = [ID, KEY, PROTEIN, BINDS, *BB_KEYS]
+SUMMARY_HELP = (
+    "the split's summary.json: the rows and positives by protein the memory estimate reads before any row "
+    "(default: counted from the rows' labels)"
+)
 EARLY_STOPPING_STREAM = 0xE5_1D_0F_F5  # the early-stopping draw's own stream: independent of the split's draw
 
 
@@ -123,14 +128,10 @@ class LabelCounts:
 
 def negative_rates(params: Params, counts: LabelCounts) -> dict[str, float]:
     """The fraction of negatives kept for each protein."""
-    per_positive = params.train.negatives_per_positive
-    if per_positive is None:
-        return dict.fromkeys(counts.proteins, params.train.negative_sample_rate)
     rates = {}
     for protein in counts.proteins:
         rows, positives = counts.of(FIT, protein)
-        negatives = rows - positives
-        rates[protein] = min(1.0, per_positive * positives / negatives) if negatives and positives else 1.0
+        rates[protein] = params.train.negative_rate(positives, rows - positives)
     return rates
 
 
@@ -319,6 +320,7 @@ class FitPlan:
 
     name: str  # "split" | "final"
     rows: str  # which rows, in words
+    sides: tuple[str, ...] = ("train",)  # the split's parts it fits on, as its summary counts them
     rounds: dict[str, int] | None = (
         None  # booster key -> rounds, fixed (no early stopping); None: the params'
     )
@@ -359,10 +361,13 @@ def train_model(
     model_dir: Path,
     live_dir: Path | None,
     plan: FitPlan = SPLIT_FIT,
+    summary: Path | None = None,
 ) -> dict:
     """Train on ``rows_dir`` (the split's train part, or every labelled row for the final model: ``plan``) and
-    write the model's JSON artifacts and, with ``live_dir``, the training curves."""
+    write the model's JSON artifacts and, with ``live_dir``, the training curves. First, before any row is read,
+    the memory it needs is estimated from the split's ``summary`` (else the rows' labels): logged, or refused."""
     settings = params.train
+    check_fit(params, summary, plan.sides, rows_dir, features_dir, f"{plan.name} fit")
     store = MoleculeStore(features_dir)
     prep = fit_preprocessing(plan.params_for(params, JOINT), rows_dir, store)
     classifier = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params)))
@@ -834,12 +839,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
     parser.add_argument("--models", type=Path, required=True, help="where the JSON artifacts go")
     parser.add_argument("--live", type=Path, required=True, help="dvclive directory for training curves")
+    parser.add_argument("--split-summary", type=Path, help=SUMMARY_HELP)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     def body() -> None:
-        result = train_model(load_params(args.params), args.rows, args.features, args.models, args.live)
+        params, summary = load_params(args.params), args.split_summary
+        result = train_model(params, args.rows, args.features, args.models, args.live, summary=summary)
         rounds = ", ".join(
             f"{key if key != JOINT else 'all'}: {result['best_iteration'][key] + 1} of {boosted}"
             for key, boosted in result["rounds"].items()

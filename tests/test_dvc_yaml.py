@@ -8,9 +8,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {"generate", "featurize", "split", "train", "final", "evaluate", "predict"}
-# Modules that shape no output (logging, progress, error messages; where work runs): no stage lists them, so editing them reruns
+# Modules that shape no output (logging, progress, error messages; where work runs; train's memory estimate, which
+# refuses or logs): no stage lists them, so editing them reruns
 # nothing. The one place that names them.
-OUTPUT_NEUTRAL = {"cli", "engine"}
+OUTPUT_NEUTRAL = {"cli", "engine", "memory"}
 
 
 def imported_modules(name: str, seen: set[str] | None = None) -> set[str]:
@@ -83,3 +84,11 @@ def test_metrics_and_plots_are_declared():
     assert "metrics/evaluate.json" in str(body["stages"]["evaluate"]["metrics"])
     assert "metrics/train/metrics.json" in str(body["stages"]["train"]["metrics"])
     assert len(body["plots"]) >= 2
+
+
+def test_the_fits_read_the_split_summary_and_depend_on_it():
+    """train and final estimate their memory from the split's counts before any row: a file they read is a dep."""
+    for name in ("train", "final"):
+        stage = stages()[name]
+        assert "--split-summary data/split/summary.json" in stage["cmd"], name
+        assert "data/split/summary.json" in stage["deps"], name

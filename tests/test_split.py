@@ -154,6 +154,16 @@ def test_same_split_whatever_the_row_order_or_batch_size(tmp_path, monkeypatch):
     groups = summary["valid_groups"]
     assert sum(g["rows"] for g in groups.values()) == summary["valid"]["rows"]
     assert not list(tmp_path.glob(".split*.tmp-*"))
+    # each side's rows and positives by protein (what train's memory estimate reads), counted here from the files
+    for side in ("train", "valid"):
+        part = pl.read_parquet(tmp_path / "split-a" / side)
+        expected = {
+            protein: {"rows": int((part["protein_name"] == protein).sum()),
+                      "positives": int(part.filter(pl.col("protein_name") == protein)["binds"].sum())}
+            for protein in ("BRD4", "HSA", "sEH")
+        }  # fmt: skip
+        assert summary[side]["by_protein"] == expected
+        assert sum(p["rows"] for p in expected.values()) == summary[side]["rows"] > 0
 
 
 def test_the_schema_refuses_a_split_that_leaves_too_little_to_train_on():
