@@ -146,7 +146,9 @@ def test_early_stopping_with_the_split_seed_still_draws_an_inner_part_and_stops(
 def test_evaluate_refuses_the_final_model(mini_run: MiniRun, tmp_path, capsys):
     """The final model saw the valid part's labels: scoring it there would be no estimate at all."""
     from stages import evaluate
+    from stages.cli import setup_logging
 
+    setup_logging()  # log to this test's captured stderr, not to a stream an earlier test's capture closed
     params = with_train(mini_run.params, model="joint")
     final.fit_final(
         params, mini_run.features / "rows", mini_run.features, mini_run.models, tmp_path / "final"
