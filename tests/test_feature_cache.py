@@ -135,7 +135,7 @@ def test_a_damaged_part_is_reported_once_replaced_and_never_used(
     caplog.clear()
     counts, hashes = featurize(sound, tmp_path, cache, "next")
     assert (counts["computed"], counts["reused"]) == (0, MOLECULES) and hashes == sound.hashes
-    assert caplog.text == ""
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text  # nothing to report
 
 
 def test_a_cache_of_the_old_layout_is_never_read(sound: Sound, tmp_path: Path) -> None:
