@@ -42,7 +42,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ import psutil  # noqa: E402
 import yaml  # noqa: E402
 
 from bench import belka_gen  # noqa: E402
-from bench.bench import BELKA_ROWS, GB, human, markdown_table, parse_size, publish  # noqa: E402
+from bench.bench import BELKA_ROWS, GB, TreeRss, human, markdown_table, parse_size, publish  # noqa: E402
 from bench.scenario_a import FEATURIZED, Bench, make_origin  # noqa: E402
 
 BELKA_TEST_ROWS = 1_674_896
@@ -115,16 +114,14 @@ def stage_name(argv: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-class StageRss:
+class StageRss(TreeRss):
     """Peak summed RSS of a process tree, in all and per stage (a process belongs to the stage whose
     ``python -m stages.<name>`` is it or its nearest such ancestor), sampled every ``SAMPLE_S`` seconds."""
 
     def __init__(self, pid: int, progress: str) -> None:
-        self.pid, self.progress = pid, progress
-        self.peak, self.stages = 0, {}  # stage -> peak RSS
+        super().__init__(pid, SAMPLE_S)
+        self.progress, self.stages = progress, {}  # stage -> peak RSS
         self.names: dict[int, str | None] = {}  # pid -> its own stage (None: not a stage command)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _own_stage(self, proc: psutil.Process) -> str | None:
         if proc.pid not in self.names:
@@ -134,40 +131,22 @@ class StageRss:
                     print(f"  {self.progress}: {self.names[proc.pid]} started", file=sys.stderr, flush=True)
         return self.names.get(proc.pid)
 
-    def _run(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not self.stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            rss, parent = {}, {}
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    rss[proc.pid], parent[proc.pid] = proc.memory_info().rss, proc.ppid()
-                    self._own_stage(proc)
-            per_stage: dict[str, int] = {}
-            for pid, size in rss.items():
-                owner = pid
-                while owner in rss and not self.names.get(owner):
-                    owner = parent[owner]
-                if self.names.get(owner):
-                    per_stage[self.names[owner]] = per_stage.get(self.names[owner], 0) + size
-            self.peak = max(self.peak, sum(rss.values()))
-            for stage, size in per_stage.items():
-                self.stages[stage] = max(self.stages.get(stage, 0), size)
-            self.stop.wait(SAMPLE_S)
-
-    def __enter__(self) -> StageRss:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
+    def sample(self, procs: list[psutil.Process]) -> None:
+        rss, parent = {}, {}
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                rss[proc.pid], parent[proc.pid] = proc.memory_info().rss, proc.ppid()
+                self._own_stage(proc)
+        per_stage: dict[str, int] = {}
+        for pid, size in rss.items():
+            owner = pid
+            while owner in rss and not self.names.get(owner):
+                owner = parent[owner]
+            if self.names.get(owner):
+                per_stage[self.names[owner]] = per_stage.get(self.names[owner], 0) + size
+        self.peak = max(self.peak, sum(rss.values()))
+        for stage, size in per_stage.items():
+            self.stages[stage] = max(self.stages.get(stage, 0), size)
 
 
 def tree_bytes(path: Path) -> int:
@@ -360,6 +339,19 @@ def exponent(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(lx, ly, strict=True)) / var if var else None
 
 
+def project(xs: list[float], ys: list[float], target: float) -> float:
+    """``y`` at ``target`` rows from two sizes or more: a fixed part plus a part per row, fitted by least squares
+    (start-up costs stay fixed), or a power law of the fitted exponent from the largest size where growth is faster
+    than linear (an exponent over 1.1, or a negative fixed part)."""
+    growth = exponent(xs, ys)
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    fixed = my - slope * mx
+    if (growth is not None and growth > 1.1) or fixed < 0:
+        return ys[-1] * (target / xs[-1]) ** max(growth or 1.0, 1.0)
+    return fixed + slope * target if slope > 0 else ys[-1]
+
+
 def fmt_exp(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -372,64 +364,54 @@ def fmt_hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
+def own_dvc(scenario: dict) -> dict:
+    """DVC's own share of a scenario (checking, hashing and caching): the command's figures less its stages'."""
+    return {key: scenario[key] - sum(s[key] for s in scenario["stages"]) for key in ("wall_s", "cpu_s")}
+
+
 def size_section(result: dict) -> list[str]:
-    rows = []
-    for scenario in result["scenarios"]:
-        for s in scenario["stages"]:
-            rows.append(
-                [
-                    scenario["scenario"],
-                    s["stage"],
-                    f"{s['wall_s']:.1f}",
-                    f"{s['cpu_s']:.1f}",
-                    f"{s['peak_rss'] / GB:.2f}",
-                    fmt_bytes(s["output_bytes"]),
-                    f"{s['rows']:,}",
-                    f"{s['rows'] / s['wall_s']:,.0f}",
-                ]
-            )
+    stages = [
+        [scenario["scenario"], s["stage"], f"{s['wall_s']:.1f}", f"{s['cpu_s']:.1f}", f"{s['peak_rss'] / GB:.2f}",
+         fmt_bytes(s["output_bytes"]), f"{s['rows']:,}", f"{s['rows'] / s['wall_s']:,.0f}"]
+        for scenario in result["scenarios"]
+        for s in scenario["stages"]
+    ]  # fmt: skip
     summary = [
-        [
-            s["scenario"],
-            f"`{s['command']}`",
-            f"{s['wall_s']:.1f}",
-            f"{s['cpu_s']:.1f}",
-            f"{s['peak_rss'] / GB:.2f}",
-            fmt_bytes(s["output_bytes"]),
-            fmt_bytes(s["feature_cache_bytes"]),
-            fmt_bytes(s["dvc_cache_bytes"]),
-            ", ".join(st["stage"] for st in s["stages"]) or "none",
-            f"{s['load'][0]:.1f} / {s['load'][1]:.1f}",
-        ]
+        [s["scenario"], f"{s['wall_s']:.1f}", f"{own_dvc(s)['wall_s']:.1f}", f"{s['cpu_s']:.1f}",
+         f"{s['peak_rss'] / GB:.2f}", fmt_bytes(s["output_bytes"]), fmt_bytes(s["feature_cache_bytes"]),
+         fmt_bytes(s["dvc_cache_bytes"]), f"{s['load'][0]:.1f} / {s['load'][1]:.1f}", f"`{s['command']}`"]
         for s in result["scenarios"]
-    ]
+    ]  # fmt: skip
+    settings = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in result["settings"].items())
     return [
         f"### {human(result['rows'])} rows ({result['rows']:,} rows, {result['molecules']:,} molecules; test "
         f"{result['test_rows']:,} rows)",
         "",
         f"{result['date']}, {result['cores']} cores, {result['memory_bytes'] / GB:.0f} GB RAM, code "
-        f"{result['commit']}; settings: "
-        + ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in result["settings"].items())
-        + ".",
+        f"{result['commit']}; settings: {settings}.",
         "",
         *markdown_table(
-            ["scenario", "stage", "wall s", "CPU s", "peak RSS GB", "outputs", "rows", "rows/s"], rows
+            ["scenario", "stage", "wall s", "CPU s", "peak RSS GB", "outputs", "rows", "rows/s"],
+            stages,
+            leading_text=2,
         ),
         "",
         *markdown_table(
             [
                 "scenario",
-                "command",
                 "wall s",
+                "of it dvc's own",
                 "CPU s",
-                "peak RSS GB (with dvc)",
+                "peak RSS GB, with dvc",
                 "outputs changed",
                 "feature cache +",
                 "DVC cache +",
-                "stages run",
                 "load avg start / end",
+                "command",
             ],
             summary,
+            text_columns=1,
+            leading_text=1,
         ),
         "",
     ]
@@ -439,53 +421,47 @@ def from_nothing(result: dict) -> dict[str, dict]:
     return {s["stage"]: s for s in result["scenarios"][0]["stages"]}
 
 
+def runs_of(results: list[dict], stage: str) -> list[dict]:
+    return [from_nothing(r)[stage] for r in results if stage in from_nothing(r)]
+
+
 def growth_section(results: list[dict]) -> list[str]:
-    stages = list(from_nothing(results[-1]))
+    sizes = " / ".join(human(r["rows"]) for r in results)
     rows = []
-    for stage in stages:
-        runs = [from_nothing(r)[stage] for r in results if stage in from_nothing(r)]
+    for stage in from_nothing(results[-1]):
+        runs = runs_of(results, stage)
         xs = [s["rows"] for s in runs]
         rows.append(
-            [
-                stage,
-                fmt_exp(exponent(xs, [s["wall_s"] for s in runs])),
-                fmt_exp(exponent(xs, [s["cpu_s"] for s in runs])),
-                fmt_exp(exponent(xs, [s["peak_rss"] for s in runs])),
-                " / ".join(f"{s['peak_rss'] / GB:.2f}" for s in runs),
-            ]
-        )
-    sizes = " / ".join(human(r["rows"]) for r in results)
+            [stage, *(fmt_exp(exponent(xs, [s[key] for s in runs])) for key in ("wall_s", "cpu_s", "peak_rss")),
+             " / ".join(f"{s['peak_rss'] / GB:.2f}" for s in runs)]
+        )  # fmt: skip
     return [
-        f"Growth from nothing (`dvc repro`), least squares of log figure against log rows over {sizes} rows: 1 is "
-        "linear, 0 flat.",
+        f"Growth from nothing (`dvc repro`): the least-squares slope of log figure against log rows over {sizes} "
+        "rows (1: linear, 0: flat; fixed start-up costs pull it below 1 at small sizes).",
         "",
         *markdown_table(
             ["stage", "wall exponent", "CPU exponent", "peak RSS exponent", f"peak RSS GB at {sizes}"],
             rows,
+            leading_text=1,
         ),
         "",
     ]
 
 
 def projection(results: list[dict], stage: str) -> dict:
-    """A stage's figures at BELKA's size (the test side at Kaggle's test size) from the largest run: CPU scaled by
-    rows to its fitted exponent (at least 1: every stage reads all its rows, and less than linear growth at small
-    sizes is start-up cost), split into the main thread's (serial) and the rest (shared by the cores), and peak
-    RSS scaled to its fitted exponent (at least 0)."""
-    runs = [from_nothing(r)[stage] for r in results if stage in from_nothing(r)]
-    last, xs = runs[-1], [s["rows"] for s in runs]
+    """A stage's figures at BELKA's size (the test side's at Kaggle's test size): CPU on the main thread (serial)
+    and off it (shared by the cores) and peak RSS, each by ``project`` from the runs from nothing."""
+    runs = runs_of(results, stage)
     target = BELKA_TEST_ROWS if stage in TEST_SIDE else BELKA_ROWS
-    cpu_exp = exponent(xs, [s["cpu_s"] for s in runs])
-    rss_exp = exponent(xs, [s["peak_rss"] for s in runs])
-    scale = (target / last["rows"]) ** max(cpu_exp or 1.0, 1.0)
-    serial = last["main_thread_cpu_s"] * scale
-    parallel = max(last["cpu_s"] - last["main_thread_cpu_s"], 0.0) * scale
+    xs = [s["rows"] for s in runs]
+    serial = project(xs, [s["main_thread_cpu_s"] for s in runs], target)
+    parallel = project(xs, [max(s["cpu_s"] - s["main_thread_cpu_s"], 1e-3) for s in runs], target)
     return {
         "rows": target,
         "cpu_s": serial + parallel,
         "serial_share": serial / (serial + parallel),
         "wall_s": {cores: serial + parallel / cores for cores in CORES},
-        "peak_rss": last["peak_rss"] * (target / last["rows"]) ** max(rss_exp or 0.0, 0.0),
+        "peak_rss": project(xs, [s["peak_rss"] for s in runs], target),
     }
 
 
@@ -495,33 +471,35 @@ def projection_section(results: list[dict]) -> list[str]:
         p = projection(results, stage)
         for cores in CORES:
             totals[cores] += p["wall_s"][cores]
-        rows.append(
-            [
-                stage,
-                f"{p['rows']:,}",
-                fmt_hours(p["cpu_s"]),
-                f"{p['serial_share']:.0%}",
-                *(fmt_hours(p["wall_s"][c]) for c in CORES),
-                fmt_bytes(p["peak_rss"]),
-            ]
-        )
-    rows.append(["all stages", "", "", "", *(fmt_hours(totals[c]) for c in CORES), ""])
-    largest = results[-1]
+        rows.append([stage, f"{p['rows']:,}", fmt_hours(p["cpu_s"]), f"{p['serial_share']:.0%}",
+                     *(fmt_hours(p["wall_s"][c]) for c in CORES), fmt_bytes(p["peak_rss"])])  # fmt: skip
+    xs = [r["rows"] for r in results]
+    dvc_cpu = project(xs, [max(own_dvc(r["scenarios"][0])["cpu_s"], 1e-3) for r in results], BELKA_ROWS)
+    rows.append(["dvc's own work (serial)", f"{BELKA_ROWS:,}", fmt_hours(dvc_cpu), "100%",
+                 *(fmt_hours(dvc_cpu) for _ in CORES), ""])  # fmt: skip
+    rows.append(
+        ["all, `dvc repro` from nothing", "", "", "", *(fmt_hours(totals[c] + dvc_cpu) for c in CORES), ""]
+    )
+    sizes = " / ".join(human(r["rows"]) for r in results)
     return [
-        f"Projection to BELKA ({BELKA_ROWS:,} training rows, {BELKA_TEST_ROWS:,} test rows) from the "
-        f"{human(largest['rows'])}-row run, `dvc repro` from nothing:",
+        f"Projection to BELKA ({BELKA_ROWS:,} training rows, {BELKA_TEST_ROWS:,} test rows) from the runs from "
+        f"nothing at {sizes} rows:",
         "",
         *markdown_table(
             ["stage", "rows", "CPU", "serial share", *(f"{c} cores" for c in CORES), "peak RSS"],
             rows,
+            leading_text=1,
         ),
         "",
-        "Assumptions: CPU time (not wall: it does not depend on the other jobs of a shared machine) grows with rows "
-        "to its fitted exponent, at least linearly; the main thread's CPU is serial and the rest, featurize's RDKit "
-        "worker processes and the threads of XGBoost (train, final, evaluate's and predict's scoring) and polars, "
-        "divides by the cores (Amdahl, no overlap of the two: an upper bound; I/O is not the limit); peak RSS grows "
-        "to its fitted exponent, and with the worker count where work is parallel (not modelled: measured on 2). "
-        "DVC's own time (hashing and caching outputs) is not in the stages: see the scenario tables.",
+        "Assumptions: the projection uses CPU time, not wall time, which on a shared machine measures the other jobs "
+        "too. A stage's CPU on its main thread is serial; the rest, featurize's RDKit worker processes and the "
+        "threads of XGBoost (train, final, and the scoring in evaluate and predict) and of polars, divides by the "
+        "cores (Amdahl's law with no overlap of the two parts: an upper bound; perfect scaling of the rest: a lower "
+        "one; I/O is assumed not to be the limit). Each part, and peak RSS, is a fixed part plus a part per row, "
+        "fitted by least squares over the sizes, or a power law of the fitted exponent where growth is faster than "
+        "linear. Peak RSS is as measured with 2 featurize workers: each more worker adds its own RSS (about "
+        "0.2-0.3 GB). DVC's own work (checking, hashing and caching outputs: the command's CPU less its stages') "
+        "is serial.",
         "",
     ]
 
@@ -542,6 +520,7 @@ def memory_section(results: list[dict]) -> list[str]:
         *markdown_table(
             ["stage", f"{human(small['rows'])} GB", f"{human(large['rows'])} GB", "ratio"],
             rows,
+            leading_text=1,
         ),
         "",
     ]
@@ -549,7 +528,7 @@ def memory_section(results: list[dict]) -> list[str]:
 
 def markdown(results: list[dict]) -> str:
     """The report of one or more sizes' results (any order): a table per size, then, with two sizes or more, the
-    growth exponents, peak RSS of the largest against the smallest, and the projection to BELKA's size."""
+    growth exponents, peak RSS of the largest against the smallest and the projection to BELKA's size."""
     results = sorted(results, key=lambda r: r["rows"])
     lines = [
         f"## The whole DAG by size (bench/scale.py): {', '.join(human(r['rows']) for r in results)} rows",
@@ -558,8 +537,7 @@ def markdown(results: list[dict]) -> str:
     for result in results:
         lines += size_section(result)
     if len(results) > 1:
-        lines += growth_section(results) + memory_section(results)
-    lines += projection_section(results)
+        lines += growth_section(results) + memory_section(results) + projection_section(results)
     return "\n".join(lines)
 
 
