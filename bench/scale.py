@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,29 +288,30 @@ class Pipeline:
     def caches(self) -> dict[str, Path]:
         return {"feature cache": self.feature_cache, "DVC cache": self.repo / ".dvc" / "cache"}
 
-    def run(self) -> dict:
+    def run(self, save: Callable[[dict], None]) -> None:
+        """Write the data, run the scenarios in turn, and ``save`` the result after each (a long run that stops
+        keeps what it measured; ``complete`` says whether every scenario ran)."""
         dvc, commit = [sys.executable, "-m", "dvc"], git_head()
         seconds = {"train data": self.write_train(self.rows_asked), "test data": self.write_test(0)}
         base = {"rows": self.train_rows, "molecules": self.molecules, "test_rows": self.test_rows}
-        scenarios = [self.measure(SCENARIOS[0], [*dvc, "repro", *self.targets])]
-        seconds["appended train data"] = self.write_train(round(base["rows"] * 1.1))
-        scenarios.append(self.measure(SCENARIOS[1], [*dvc, "repro", *self.targets]))
-        scenarios.append(
-            self.measure(SCENARIOS[2], [*dvc, "exp", "run", "-S", "xgb.max_depth=8", *self.targets])
-        )
-        seconds["new test data"] = self.write_test(1)
-        scenarios.append(self.measure(SCENARIOS[3], [*dvc, "repro", *self.targets]))
-        params = yaml.safe_load((self.repo / "params.yaml").read_text())
-        return {
-            **base,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "cores": os.cpu_count(),
-            "memory_bytes": psutil.virtual_memory().total,
-            "commit": commit,
-            "settings": {key: lookup(params, key) for key in [*SETTINGS, "xgb.n_estimators", "train.model"]},
-            "data_seconds": seconds,
-            "scenarios": scenarios,
+        changes = {
+            SCENARIOS[1]: lambda: seconds.update(
+                {"appended train data": self.write_train(round(base["rows"] * 1.1))}
+            ),
+            SCENARIOS[3]: lambda: seconds.update({"new test data": self.write_test(1)}),
         }
+        commands = {SCENARIOS[2]: [*dvc, "exp", "run", "-S", "xgb.max_depth=8", *self.targets]}
+        scenarios = []
+        for scenario in SCENARIOS:
+            changes.get(scenario, lambda: None)()
+            scenarios.append(self.measure(scenario, commands.get(scenario, [*dvc, "repro", *self.targets])))
+            params = yaml.safe_load((self.repo / "params.yaml").read_text())
+            save({
+                **base, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+                "memory_bytes": psutil.virtual_memory().total, "commit": commit,
+                "settings": {key: lookup(params, key) for key in [*SETTINGS, "xgb.n_estimators", "train.model"]},
+                "data_seconds": seconds, "complete": len(scenarios) == len(SCENARIOS), "scenarios": scenarios,
+            })  # fmt: skip
 
 
 def lookup(params: dict, key: str) -> object:
@@ -385,7 +387,8 @@ def size_section(result: dict) -> list[str]:
     settings = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in result["settings"].items())
     return [
         f"### {human(result['rows'])} rows ({result['rows']:,} rows, {result['molecules']:,} molecules; test "
-        f"{result['test_rows']:,} rows)",
+        f"{result['test_rows']:,} rows)"
+        + ("" if result.get("complete", True) else ", stopped before the end"),
         "",
         f"{result['date']}, {result['cores']} cores, {result['memory_bytes'] / GB:.0f} GB RAM, code "
         f"{result['commit']}; settings: {settings}.",
@@ -548,6 +551,13 @@ def result_path(results_dir: Path, rows: int) -> Path:
 # ---------------------------------------------------------------------------------------------- commands
 
 
+def save_json(path: Path, result: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.rename(path)
+    print(f"wrote {path}", file=sys.stderr, flush=True)
+
+
 def run_sizes(args: argparse.Namespace) -> int:
     overrides = dict(parse_setting(text) for text in args.set)
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -556,15 +566,12 @@ def run_sizes(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            result = Pipeline(work, rows, overrides).run()
+            Pipeline(work, rows, overrides).run(
+                lambda result, rows=rows: save_json(result_path(args.results_dir, rows), result)
+            )
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
-        path = result_path(args.results_dir, rows)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.rename(path)
-        print(f"wrote {path}", file=sys.stderr, flush=True)
     publish(
         markdown([json.loads(result_path(args.results_dir, rows).read_text()) for rows in args.rows]), None
     )
