@@ -358,7 +358,9 @@ def fmt_exp(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def fmt_bytes(n: float) -> str:
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
     return f"{n / 1e6:,.0f} MB" if n < GB else f"{n / GB:,.2f} GB"
 
 
@@ -366,9 +368,17 @@ def fmt_hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
+def opt(value: float | None, spec: str, scale: float = 1.0) -> str:
+    """A figure that a stopped run may lack (None: "n/a")."""
+    return "n/a" if value is None else format(value / scale, spec)
+
+
 def own_dvc(scenario: dict) -> dict:
     """DVC's own share of a scenario (checking, hashing and caching): the command's figures less its stages'."""
-    return {key: scenario[key] - sum(s[key] for s in scenario["stages"]) for key in ("wall_s", "cpu_s")}
+    return {
+        key: None if scenario[key] is None else scenario[key] - sum(s[key] for s in scenario["stages"])
+        for key in ("wall_s", "cpu_s")
+    }
 
 
 def size_section(result: dict) -> list[str]:
@@ -379,9 +389,10 @@ def size_section(result: dict) -> list[str]:
         for s in scenario["stages"]
     ]  # fmt: skip
     summary = [
-        [s["scenario"], f"{s['wall_s']:.1f}", f"{own_dvc(s)['wall_s']:.1f}", f"{s['cpu_s']:.1f}",
-         f"{s['peak_rss'] / GB:.2f}", fmt_bytes(s["output_bytes"]), fmt_bytes(s["feature_cache_bytes"]),
-         fmt_bytes(s["dvc_cache_bytes"]), f"{s['load'][0]:.1f} / {s['load'][1]:.1f}", f"`{s['command']}`"]
+        [s["scenario"], opt(s["wall_s"], ".1f"), opt(own_dvc(s)["wall_s"], ".1f"), opt(s["cpu_s"], ".1f"),
+         opt(s["peak_rss"], ".2f", GB), fmt_bytes(s["output_bytes"]),
+         fmt_bytes(s["feature_cache_bytes"]),
+         fmt_bytes(s["dvc_cache_bytes"]), " / ".join(opt(x, ".1f") for x in s["load"]), f"`{s['command']}`"]
         for s in result["scenarios"]
     ]  # fmt: skip
     settings = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in result["settings"].items())
@@ -477,7 +488,8 @@ def projection_section(results: list[dict]) -> list[str]:
         rows.append([stage, f"{p['rows']:,}", fmt_hours(p["cpu_s"]), f"{p['serial_share']:.0%}",
                      *(fmt_hours(p["wall_s"][c]) for c in CORES), fmt_bytes(p["peak_rss"])])  # fmt: skip
     xs = [r["rows"] for r in results]
-    dvc_cpu = project(xs, [max(own_dvc(r["scenarios"][0])["cpu_s"], 1e-3) for r in results], BELKA_ROWS)
+    own = [own_dvc(r["scenarios"][0])["cpu_s"] for r in results]
+    dvc_cpu = 0.0 if None in own else project(xs, [max(cpu, 1e-3) for cpu in own], BELKA_ROWS)
     rows.append(["dvc's own work (serial)", f"{BELKA_ROWS:,}", fmt_hours(dvc_cpu), "100%",
                  *(fmt_hours(dvc_cpu) for _ in CORES), ""])  # fmt: skip
     rows.append(
