@@ -69,7 +69,8 @@ def test_projection(results):
     p = scale.projection(sorted(results, key=lambda r: r["rows"]), "predict")
     assert p["rows"] == scale.BELKA_TEST_ROWS
     assert p["cpu_s"] == pytest.approx(4 + scale.BELKA_TEST_ROWS * 1e-4 + 1)
-    assert p["wall_s"][64] == pytest.approx(4 + scale.BELKA_TEST_ROWS * 1e-4 + 1 / 64)
+    # XGBoost's main thread does its share of the parallel work: 1 s of it, as much as the other thread
+    assert p["wall_s"][64] == pytest.approx(3 + scale.BELKA_TEST_ROWS * 1e-4 + 2 / 64)
     assert p["peak_rss"] == pytest.approx(scale.BELKA_TEST_ROWS / 5_000 * 0.5 * GB)
     assert "| dvc's own work (serial) |" in text and "| all, `dvc repro` from nothing |" in text
 
