@@ -82,19 +82,23 @@ class TreeRss:
         except psutil.NoSuchProcess:
             return
         while not self.stop.is_set():
-            total = 0
             try:
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 break
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied), proc.oneshot():
-                    total += proc.memory_info().rss
-                    times = proc.cpu_times()
-                    self.cpu[proc.pid] = times.user + times.system
-            self.peak = max(self.peak, total)
-            self.load.append(os.getloadavg()[0])
+            self.sample(procs)
             self.stop.wait(self.every)
+
+    def sample(self, procs: list[psutil.Process]) -> None:
+        """One sample of the tree's processes."""
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied), proc.oneshot():
+                total += proc.memory_info().rss
+                times = proc.cpu_times()
+                self.cpu[proc.pid] = times.user + times.system
+        self.peak = max(self.peak, total)
+        self.load.append(os.getloadavg()[0])
 
     def __enter__(self) -> TreeRss:
         self.thread.start()
@@ -556,10 +560,13 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def markdown_table(columns: list[str], rows: list[list[str]], text_columns: int = 0) -> list[str]:
-    """A markdown table: numbers right-aligned, the last ``text_columns`` columns left-aligned."""
-    numeric = len(columns) - text_columns
-    rule = ["---:"] * numeric + ["---"] * text_columns
+def markdown_table(
+    columns: list[str], rows: list[list[str]], text_columns: int = 0, leading_text: int = 0
+) -> list[str]:
+    """A markdown table: numbers right-aligned, the first ``leading_text`` and the last ``text_columns`` columns
+    left-aligned."""
+    numeric = len(columns) - text_columns - leading_text
+    rule = ["---"] * leading_text + ["---:"] * numeric + ["---"] * text_columns
     return ["| " + " | ".join(columns) + " |", "|" + "|".join(rule) + "|"] + [
         "| " + " | ".join(row) + " |" for row in rows
     ]
