@@ -216,7 +216,9 @@ def test_small_model_beats_chance_and_each_split_method_scores_its_groups(cloned
         ("random", {"share"}, "mixed"),
     ):
         cloned.set_params({"split": {"method": method}})
-        assert set(cloned.repro()) == {"split"} | MODEL_STAGES
+        # the final model reads every labelled row, whatever the split: refit with the same rounds, it is the same
+        # model, so predict is not rerun
+        assert set(cloned.repro()) == {"split", "train", "final", "evaluate"}
         metrics = json.loads(cloned.read("metrics/evaluate.json"))
         pairs = json.loads(cloned.read("metrics/evaluate-summary.json"))["pairs"]
         assert {pair.split("/")[1] for pair in pairs} == groups, pairs

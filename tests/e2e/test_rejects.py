@@ -53,7 +53,7 @@ def test_test_rejects_past_the_threshold_still_give_every_id_and_train_rejects_f
     assert f"{len(rejected_ids)} rejected rows get their protein's base rate" in log  # predict's count
     submission = pl.read_csv(repo.path / "data" / "submission.csv")
     assert submission["id"].to_list() == sorted(test["id"].to_list())
-    base_rate = json.loads((repo.path / "models" / "manifest.json").read_text())["base_rate"]
+    base_rate = json.loads((repo.path / "models" / "final" / "manifest.json").read_text())["base_rate"]
     fallback = submission.join(test.select("id", "protein_name"), on="id").filter(
         pl.col("id").is_in(rejected_ids)
     )
