@@ -79,6 +79,18 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(average_precision_score(labels, scores)) if labels.any() else None
 
 
+def scored_pairs(joined: pl.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """("protein/group", labels, predictions) of every (protein, Kaggle group) pair with rows, in a fixed order;
+    ``joined`` holds the labels and a ``prediction`` column."""
+    out = []
+    for protein in PROTEINS:
+        for group in SCORED_GROUPS:
+            part = joined.filter((pl.col("protein_name") == protein) & (pl.col("group") == group))
+            if len(part):
+                out.append((f"{protein}/{group}", part["binds"].to_numpy(), part["prediction"].to_numpy()))
+    return out
+
+
 def score_submission(submission: pl.DataFrame, labels: pl.DataFrame, name: str = "submission") -> Score:
     """Kaggle's score of ``submission`` (id, binds: the predicted probability) against ``labels`` (id,
     protein_name, binds, group). The submission must have exactly one row for each labelled id."""
@@ -96,13 +108,8 @@ def score_submission(submission: pl.DataFrame, labels: pl.DataFrame, name: str =
     if len(submission) != len(labels):
         raise LeaderboardError(f"{name}: {len(submission) - len(labels)} rows with an id that has no label")
     pairs: dict[str, dict] = {}
-    for protein in PROTEINS:
-        for group in SCORED_GROUPS:
-            part = joined.filter((pl.col("protein_name") == protein) & (pl.col("group") == group))
-            if len(part):
-                y = part["binds"].to_numpy()
-                ap = average_precision(y, part["prediction"].to_numpy())
-                pairs[f"{protein}/{group}"] = {"rows": len(part), "positives": int(y.sum()), "ap": ap}
+    for name, y, prediction in scored_pairs(joined):
+        pairs[name] = {"rows": len(y), "positives": int(y.sum()), "ap": average_precision(y, prediction)}
     present = [pair["ap"] for pair in pairs.values() if pair["ap"] is not None]
     return Score(
         score=float(np.mean(present)) if present else None,
@@ -121,12 +128,7 @@ def leaderboard_interval(
     a resample without a positive in a pair leaves that pair out of that resample's mean, as the score does."""
     joined = labels.join(submission.select("id", pl.col("binds").alias("prediction")), on="id", how="inner")
     rng = np.random.default_rng(seed)
-    pairs = []
-    for protein in PROTEINS:
-        for group in SCORED_GROUPS:
-            part = joined.filter((pl.col("protein_name") == protein) & (pl.col("group") == group))
-            if len(part) and part["binds"].sum() > 0:
-                pairs.append((part["binds"].to_numpy(), part["prediction"].to_numpy()))
+    pairs = [(y, prediction) for _, y, prediction in scored_pairs(joined) if y.any()]
     if not pairs:
         return None
     means = np.empty(samples)

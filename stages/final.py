@@ -37,8 +37,9 @@ def final_plan(split_manifest: dict) -> FitPlan:
     return FitPlan("final", FINAL_ROWS, ("train", "valid"), rounds)
 
 
-def copy_split_model(split_dir: Path, model_dir: Path) -> None:
-    """``train.final_fit: false``: the split model's files as the final model, its manifest saying so."""
+def copy_split_model(split_dir: Path, model_dir: Path) -> dict:
+    """``train.final_fit: false``: the split model's files as the final model, its manifest saying so; the
+    manifest's fit record."""
     with atomic_dir(model_dir) as target:
         shutil.copytree(split_dir, target, dirs_exist_ok=True)
         manifest = read_json(target / MANIFEST, "model manifest")
@@ -48,6 +49,7 @@ def copy_split_model(split_dir: Path, model_dir: Path) -> None:
             "note": "train.final_fit is false: the split model, not fit on the valid part or the mixed molecules",
         }
         write_json(target / MANIFEST, manifest)
+    return manifest["fit"]
 
 
 def fit_final(
@@ -62,10 +64,9 @@ def fit_final(
     memory is estimated from the split's ``summary`` (train and valid parts) before any row is read."""
     split_model = load_model(split_dir)
     if not params.train.final_fit:
-        copy_split_model(split_dir, model_dir)
-        return split_model.manifest["fit"]
-    train_model(params, rows_dir, features_dir, model_dir, None, final_plan(split_model.manifest), summary)
-    return load_model(model_dir).manifest["fit"]
+        return copy_split_model(split_dir, model_dir)
+    plan = final_plan(split_model.manifest)
+    return train_model(params, rows_dir, features_dir, model_dir, None, plan, summary)["fit"]
 
 
 def main(argv: list[str] | None = None) -> int:

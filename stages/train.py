@@ -388,6 +388,7 @@ def train_model(
                 key_params, booster_params, rows_dir, selections, store, encoder, prep.scaler
             )
     n_features = next(iter(fitted.values())).features
+    fit_record = plan.record(params, prep.counts.of()[0])
     with contextlib.ExitStack() as outputs:
         if live_dir is not None:
             stopping = any(
@@ -403,7 +404,7 @@ def train_model(
             {key: result.booster for key, result in fitted.items()},
             {
                 "model": settings.model,
-                "fit": plan.record(params, prep.counts.of()[0]),
+                "fit": fit_record,
                 "features": store.spec,
                 "feature_names": feature_names(
                     categories if settings.model == "joint" else None, store.descriptors, store.n_bits
@@ -423,6 +424,7 @@ def train_model(
         "rounds": {key: f.rounds for key, f in fitted.items()},
         "best_iteration": {key: f.best_iteration for key, f in fitted.items()},
         "matrix": next(iter(fitted.values())).matrix,
+        "fit": fit_record,
     }
 
 
