@@ -47,8 +47,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, count_rows, in_sorted, iter_row_batches
-from stages.io import BINDS, PROTEIN, InputError, atomic_dir, write_csv, write_json
-from stages.model import Model, load_model
+from stages.io import BINDS, PROTEIN, InputError, atomic_dir, read_json, write_csv, write_json
+from stages.model import MANIFEST, Model, load_model
 from stages.molecules import MoleculeStore
 from stages.params import Evaluate, load_params
 from stages.split import uniform_hash
@@ -64,6 +64,35 @@ CONFIDENCE = 0.95
 MB = 1 << 20
 DRAW = "_draw"  # the mixed sample's hash column
 MIXED_SALT = 0x313D_5A3F  # the mixed sample draws on another stream than the split's draws of the same seed
+HALF_PROB = "prob_half"  # the half model's score of a valid row (stages/learning_curve.py)
+LEADERBOARD = "leaderboard_estimate"
+LEADERBOARD_STREAM = (
+    0x1EAD_B0A2  # the leaderboard noise's pairing: a generator apart from the bootstrap samples'
+)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The learning curve through two fits of the same settings, the half model (``half_rows``) and the split model
+    (``split_rows``), extended to the final fit's ``final_rows``: a pair's average precision taken as linear in
+    log(rows) (clipped to [0, 1]). ``factor`` is how many half-to-split steps the final fit lies beyond the split
+    model: 0 when the final model is the split model."""
+
+    half_rows: int
+    split_rows: int
+    final_rows: int
+
+    @property
+    def factor(self) -> float:
+        if self.final_rows <= self.split_rows or self.half_rows >= self.split_rows:
+            return 0.0
+        return float(np.log(self.final_rows / self.split_rows) / np.log(self.split_rows / self.half_rows))
+
+    def of(self, split_ap, half_ap):
+        """The projected AP from the split model's and the half model's (floats or arrays; NaN/None stays)."""
+        if split_ap is None or half_ap is None:
+            return None
+        return np.clip(split_ap + (split_ap - half_ap) * self.factor, 0.0, 1.0)
 
 
 def seen_building_blocks(rows_dir: Path) -> np.ndarray:
@@ -229,33 +258,50 @@ def samples_per_chunk(samples: int, sizes: list[int], pairs: list[PairSample], b
     return int(min(samples, max(1, (budget_bytes - 16 * max(sizes, default=0)) // max(per_sample, 1))))
 
 
-def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_bytes: int = 256 * MB) -> dict:
+def bootstrap_intervals(
+    frame: pl.DataFrame,
+    samples: int,
+    seed: int,
+    budget_bytes: int = 256 * MB,
+    projection: Projection | None = None,
+) -> dict:
     """95% percentile intervals of ``score``, ``share`` and ``non_share`` over ``samples`` bootstrap draws of the
     valid molecules, each group's molecules resampled with replacement (the groups keep their sizes, as in
     Kaggle's test), every row of a drawn molecule counted as many times as it was drawn. Samples are computed a
-    chunk at a time under ``budget_bytes``; the intervals do not depend on it."""
+    chunk at a time under ``budget_bytes``; the intervals do not depend on it.
+
+    With a ``projection`` (and the half model's ``prob_half`` in ``frame``), also ``leaderboard_estimate``: each
+    sample's pairs projected to the final fit's rows from both models' APs on the same draw (paired), plus a
+    leaderboard's own sampling noise (:func:`prediction_interval`)."""
     frame = frame.filter(pl.col("group").is_in(SCORED))
     if samples == 0 or len(frame) == 0:
         return {}
+    models = {"split": "prob", **({"half": HALF_PROB} if projection and HALF_PROB in frame.columns else {})}
     frame = frame.select(
         PROTEIN,
         "group",
         BINDS,
-        "prob",
+        *models.values(),
         pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule"),
     )
     groups = sorted(set(frame["group"].to_list()))
     sizes = [int(frame.filter(pl.col("group") == g)["molecule"].max()) + 1 for g in groups]
-    pairs = [
-        PairSample.of(
-            protein, group, part[BINDS].to_numpy(), part["prob"].to_numpy(), part["molecule"].to_numpy()
-        )
-        for (protein, group), part in sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
-    ]
-    del frame
-    chunk = samples_per_chunk(samples, sizes, pairs, budget_bytes)
+    by_pair = sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
+    pairs = {
+        model: [
+            PairSample.of(
+                protein, group, part[BINDS].to_numpy(), part[column].to_numpy(), part["molecule"].to_numpy()
+            )
+            for (protein, group), part in by_pair
+        ]
+        for model, column in models.items()
+    }
+    del frame, by_pair
+    chunk = samples_per_chunk(
+        samples, sizes, [p for of_model in pairs.values() for p in of_model], budget_bytes
+    )
     log.info("bootstrap: %d samples, %d at a time", samples, chunk)
-    draws: dict[str, list[np.ndarray]] = {"score": [], "share": [], "non_share": []}
+    draws: dict[str, list[np.ndarray]] = {"score": [], "share": [], "non_share": [], LEADERBOARD: []}
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
         counts = [np.empty((size, n), dtype=np.int32) for n in sizes]  # one row per bootstrap sample
@@ -263,22 +309,50 @@ def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_byt
             for into, drawn in zip(counts, sample_counts(seed, start + row, sizes), strict=True):
                 into[row] = drawn
         of_group = dict(zip(groups, counts, strict=True))
-        ap = {(p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs}
-        del counts, of_group
+        ap = {(p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs["split"]}
         draws["score"].append(_mean_of_present(list(ap.values())))
         for group in SCORED:
             values = [v for (_, g), v in ap.items() if g == group]
             if values:
                 draws[group].append(_mean_of_present(values))
+        if "half" in pairs:
+            half = [average_precision(p, of_group[p.group]) for p in pairs["half"]]
+            projected = [projection.of(split, h) for split, h in zip(ap.values(), half, strict=True)]
+            draws[LEADERBOARD].append(_mean_of_present(projected))
+        del counts, of_group
     tail = (1 - CONFIDENCE) / 2 * 100
     out = {"samples": samples, "seed": seed, "confidence": CONFIDENCE}
     for name, parts in draws.items():
         values = np.concatenate(parts) if parts else np.empty(0)
         values = values[~np.isnan(values)]
-        if len(values):
+        if len(values) and name != LEADERBOARD:
             low, high = np.percentile(values, [tail, 100 - tail])
             out[name] = [float(low), float(high)]
+    estimate = np.concatenate(draws[LEADERBOARD]) if draws[LEADERBOARD] else np.concatenate(draws["score"])
+    interval = prediction_interval(estimate, np.concatenate(draws["score"]), seed)
+    if interval is not None:
+        out[LEADERBOARD] = interval
     return out
+
+
+def prediction_interval(estimate: np.ndarray, score: np.ndarray, seed: int) -> list[float] | None:
+    """The 95% interval of what a leaderboard would give: the estimate's bootstrap draws (how much the valid
+    molecules tell of the model) plus a leaderboard's own sampling noise, taken as the spread of ``score``'s
+    draws around their mean (the score of a test set the size of the valid part, drawn again), paired at random
+    (a seeded permutation), so the two add as independent errors. None without draws."""
+    present = ~(np.isnan(estimate) | np.isnan(score))
+    estimate, score = estimate[present], score[present]
+    if not len(estimate):
+        return None
+    noise = score - score.mean()
+    noise = noise[
+        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(LEADERBOARD_STREAM, 0))).permutation(
+            len(noise)
+        )
+    ]
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(np.clip(estimate + noise, 0.0, 1.0), [tail, 100 - tail])
+    return [float(low), float(high)]
 
 
 def _mean_of_present(values: list[np.ndarray]) -> np.ndarray:
@@ -422,12 +496,13 @@ class Kept:
 
 def keep_for_scoring(
     batches: Iterable[pl.DataFrame],
-    score: Callable[[pl.DataFrame], np.ndarray],
+    scorers: dict[str, Callable[[pl.DataFrame], np.ndarray]],
     cutoff: Cutoff | None,
     seed: int,
 ) -> Kept:
     """Every share and non-share row of ``batches`` and the rows of the mixed sample that ``cutoff`` ends
-    (:func:`sample_cutoff`), scored by ``score`` (a float32 ``prob``); the other mixed rows are counted, never
+    (:func:`sample_cutoff`), scored by each of ``scorers`` (a float32 column of that name: ``prob``, the split
+    model's, and ``prob_half`` where the half model is scored too); the other mixed rows are counted, never
     scored. The group check and the counts are summed batch by batch. No leaderboard scores the mixed molecules
     (Kaggle's test has none), so a sample is enough for their figure; the score does not depend on it."""
     parts: list[pl.DataFrame] = []
@@ -447,7 +522,11 @@ def keep_for_scoring(
         keep[mixed] = in_sample(batch[KEY].to_numpy()[mixed], cutoff, seed)
         batch = batch.filter(pl.Series(keep))
         if len(batch):
-            parts.append(batch.with_columns(pl.Series("prob", score(batch), dtype=pl.Float32)))
+            parts.append(
+                batch.with_columns(
+                    pl.Series(name, score(batch), dtype=pl.Float32) for name, score in scorers.items()
+                )
+            )
     frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame()
     sampled = frame.filter(~pl.col("group").is_in(SCORED)) if len(frame) else frame
     counts = {
@@ -459,6 +538,65 @@ def keep_for_scoring(
     return Kept(frame, check, counts, rows, positives)
 
 
+def half_model(half_dir: Path, split_model: Model) -> Model | None:
+    """The half model (stages/learning_curve.py), or None where its manifest says none was needed (the final
+    model is the split model)."""
+    if "skipped" in read_json(half_dir / MANIFEST, "half model manifest").get("fit", {}):
+        return None
+    half = load_model(half_dir)
+    if (
+        half.manifest.get("fit", {}).get("model") != "half"
+        or half.boosters.keys() != split_model.boosters.keys()
+    ):
+        raise InputError(
+            f"{half_dir}: not the half model of {split_model.manifest.get('model')} boosters "
+            f"{sorted(split_model.boosters)} (expected learning_curve's output; dvc repro learning_curve)"
+        )
+    return half
+
+
+def pair_aps(frame: pl.DataFrame, column: str) -> dict[tuple[str, str], float | None]:
+    """Average precision of ``column``'s scores per scored (protein, group) pair (None without positives)."""
+    scored = frame.filter(pl.col("group").is_in(SCORED))
+    return {
+        key: _ap(part[BINDS].to_numpy(), part[column].to_numpy())
+        for key, part in sorted(scored.group_by(PROTEIN, "group"), key=lambda item: item[0])
+    }
+
+
+def leaderboard_point(frame: pl.DataFrame, projection: Projection | None, metrics: dict) -> float | None:
+    """The leaderboard estimate: the mean over the scored pairs of each pair's AP projected to the final fit's
+    rows; without a projection (the final model is the split model), the split model's ``score``."""
+    if projection is None:
+        return metrics.get("score")
+    split, half = pair_aps(frame, "prob"), pair_aps(frame, HALF_PROB)
+    return _mean([None if (v := projection.of(split[k], half[k])) is None else float(v) for k in split])
+
+
+def learning_curve_summary(frame: pl.DataFrame, projection: Projection) -> dict:
+    """The two points of the learning curve and the projection, per scored pair."""
+    split, half = pair_aps(frame, "prob"), pair_aps(frame, HALF_PROB)
+    return {
+        "rows": {
+            "half": projection.half_rows,
+            "split": projection.split_rows,
+            "final": projection.final_rows,
+        },
+        "factor": projection.factor,
+        "pairs": {
+            f"{protein}/{group}": {
+                "half": half[protein, group],
+                "split": split[protein, group],
+                "final_projected": None
+                if (v := projection.of(split[protein, group], half[protein, group])) is None
+                else float(v),
+            }
+            for protein, group in split
+        },
+        "half_score": _mean(list(half.values())),
+    }
+
+
 @dataclass(frozen=True)
 class EvaluateOutput:
     metrics: Path
@@ -467,9 +605,11 @@ class EvaluateOutput:
 
 
 def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir: Path, model_dir: Path,
-             out: EvaluateOutput, memory_mb: int) -> dict:  # fmt: skip
+             out: EvaluateOutput, memory_mb: int, half_dir: Path | None = None) -> dict:  # fmt: skip
     """Score the valid part in batches, keeping only what scoring needs (:func:`keep_for_scoring`), then the
-    figures, the bootstrap (under ``memory_mb`` megabytes) and the plots. ``memory_mb`` changes no output."""
+    figures, the bootstrap (under ``memory_mb`` megabytes) and the plots. ``memory_mb`` changes no output. With
+    ``half_dir`` (the half model), the leaderboard estimate projects the split model's APs to the final fit's
+    rows; without it, the estimate is the split model's score."""
     budget = memory_mb * MB
     model = load_model(model_dir)
     if model.manifest.get("fit", {}).get("model") == "final":
@@ -479,15 +619,30 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
         )
     store = MoleculeStore(features_dir)
     model.check_features(store)
+    half = half_model(half_dir, model) if half_dir is not None else None
     cutoff = sample_cutoff(mixed_keys(valid_rows), params.mixed_sample, params.seed)
-    batch_rows = scoring_rows(len(model.manifest["feature_names"]), budget)
+    batch_rows = scoring_rows(len(model.manifest["feature_names"]), budget) // (2 if half else 1)
     batches = valid_batches(train_rows, valid_rows, batch_rows, model)
-    kept = keep_for_scoring(batches, lambda rows: model.predict(rows, store), cutoff, params.seed)
+    scorers = {"prob": lambda rows: model.predict(rows, store)}
+    if half is not None:
+        scorers[HALF_PROB] = lambda rows: half.predict(rows, store)
+    kept = keep_for_scoring(batches, scorers, cutoff, params.seed)
     frame = kept.frame
     metrics, summary = score_predictions(frame, params.min_positives)
     summary["rows"], summary["positives"] = kept.rows, kept.positives  # all valid rows, not only those kept
     summary["mixed_sample"] = {"size": params.mixed_sample, **kept.mixed}
-    summary["bootstrap"] = bootstrap_intervals(frame, params.bootstrap_samples, params.seed, budget)
+    projection = None
+    if half is not None:
+        split_rows = int(model.manifest["fit"]["labelled_rows"])
+        projection = Projection(
+            int(half.manifest["fit"]["labelled_rows"]), split_rows, split_rows + kept.rows
+        )
+        summary["learning_curve"] = learning_curve_summary(frame, projection)
+    if (estimate := leaderboard_point(frame, projection, metrics)) is not None:
+        metrics[LEADERBOARD] = estimate
+    summary["bootstrap"] = bootstrap_intervals(
+        frame, params.bootstrap_samples, params.seed, budget, projection
+    )
     summary["groups_against_training"] = kept.groups_against_training
     with atomic_dir(out.plots) as tmp:
         for name, curve in curves(frame.filter(pl.col("group").is_in(SCORED)), params.curve_points).items():
@@ -505,7 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=Path, required=True, help="the split's train part")
     parser.add_argument("--valid-rows", type=Path, required=True, help="the split's valid part")
     parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
-    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--models", type=Path, required=True, help="the split model (train's output)")
+    parser.add_argument(
+        "--half-model", type=Path, required=True, help="the half model (learning_curve's output)"
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of comparable figures")
     parser.add_argument("--summary", type=Path, required=True, help="JSON of counts and positive rates")
     parser.add_argument("--plots", type=Path, required=True, help="directory of plot data")
@@ -517,8 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         out = EvaluateOutput(args.metrics, args.summary, args.plots)
         metrics = evaluate(params.evaluate, args.train_rows, args.valid_rows, args.features, args.models, out,
-                           params.resources.evaluate_memory_mb)  # fmt: skip
-        log.info("%s", ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", *GROUPS) if k in metrics))
+                           params.resources.evaluate_memory_mb, args.half_model)  # fmt: skip
+        log.info(
+            "%s", ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", *GROUPS, LEADERBOARD) if k in metrics)
+        )
 
     return run_main(body)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_MODULES = {"generate", "featurize", "split", "train", "final", "evaluate", "predict"}
+STAGE_MODULES = {"generate", "featurize", "split", "train", "final", "learning_curve", "evaluate", "predict"}
 # Modules that shape no output (logging, progress, error messages; where work runs; train's memory estimate, which
 # refuses or logs): no stage lists them, so editing them reruns
 # nothing. The one place that names them.
@@ -60,6 +60,7 @@ def test_params_deps_are_keys_that_shape_outputs():
     # the split model: every train key but final_fit (read by the final stage alone), and xgb
     assert set(listed["train"]) == {f"train.{k}" for k in params["train"]} - {"train.final_fit"} | {"xgb"}
     assert listed["final"] == ["train", "xgb"]
+    assert listed["learning_curve"] == ["train", "xgb"]
     assert listed["evaluate"] == ["evaluate"]
     assert listed["predict"] == []  # batch size and paths only
 

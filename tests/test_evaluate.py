@@ -339,7 +339,7 @@ def keep(frame: pl.DataFrame, size: int, mixed_sample: int, seed: int, scored: l
             scored.append(len(rows))
         return rows["prob"].to_numpy()
 
-    return keep_for_scoring(in_batches(frame, size), score, cutoff, seed)
+    return keep_for_scoring(in_batches(frame, size), {"prob": score}, cutoff, seed)
 
 
 def test_the_mixed_sample_is_seeded_takes_whole_molecules_and_does_not_depend_on_the_batches():

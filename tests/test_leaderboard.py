@@ -108,24 +108,36 @@ def _score(value: float | None) -> Score:
 
 def test_results_become_a_markdown_table_with_the_coverage_of_both_models():
     results = [
-        SeedResult(2024, _score(0.25), _score(0.41), 0.28, [0.2, 0.3], 1.0, None, [0.35, 0.47]),
-        SeedResult(1, _score(0.1996), _score(0.3), 0.25, [0.2, 0.3], 1.0, [0.15, 0.25], [0.22, 0.38]),
+        SeedResult(
+            2024, _score(0.25), _score(0.41), 0.28, [0.2, 0.3], 1.0, None, [0.35, 0.47], 0.4, [0.3, 0.5]
+        ),
+        SeedResult(
+            1,
+            _score(0.1996),
+            _score(0.3),
+            0.25,
+            [0.2, 0.3],
+            1.0,
+            [0.15, 0.25],
+            [0.22, 0.38],
+            0.35,
+            [0.31, 0.45],
+        ),
         SeedResult(2, _score(None), _score(0.5), None, None, 1.0),
     ]
-    # seed 2024: |0.41 - 0.28| = 0.13 > 1.96 x hypot(0.1 / 3.92, 0.12 / 3.92) = 0.078: not within;
-    # seed 1: |0.30 - 0.25| = 0.05 <= 1.96 x hypot(0.1 / 3.92, 0.16 / 3.92) = 0.094: within
+    # seed 2024: 0.41 in [0.3, 0.5], 0.25 in [0.2, 0.3]; seed 1: 0.30 below 0.31, 0.1996 below 0.2
     assert leaderboard.table(results) == "\n".join([
-        "| seed | split model LB [95%] | final model LB [95%] | evaluate score [95%] | covers split LB "
-        "| covers final LB | final LB within combined 95% |",
+        "| seed | split model LB [95%] | final model LB [95%] | evaluate score [95%] | leaderboard estimate [95%] "
+        "| estimate covers final LB | score covers split LB |",
         "|---|---|---|---|---|---|---|",
-        "| 2024 | 0.250 | 0.410 [0.350, 0.470] | 0.280 [0.200, 0.300] | yes | no | no |",
-        "| 1 | 0.200 [0.150, 0.250] | 0.300 [0.220, 0.380] | 0.250 [0.200, 0.300] | no | yes | yes |",
+        "| 2024 | 0.250 | 0.410 [0.350, 0.470] | 0.280 [0.200, 0.300] | 0.400 [0.300, 0.500] | yes | yes |",
+        "| 1 | 0.200 [0.150, 0.250] | 0.300 [0.220, 0.380] | 0.250 [0.200, 0.300] | 0.350 [0.310, 0.450] | no | no |",
         "| 2 | n/a | 0.500 | n/a | n/a | n/a | n/a |",
     ])  # fmt: skip
     data = leaderboard.results_json(results, {"commit": "abc"})
-    assert [(s["covers_split_lb"], s["covers_final_lb"]) for s in data["seeds"]] == [
-        (True, False),
-        (False, True),
+    assert [(s["estimate_covers_final_lb"], s["score_covers_split_lb"]) for s in data["seeds"]] == [
+        (True, True),
+        (False, False),
         (None, None),
     ]
 
