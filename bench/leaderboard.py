@@ -295,11 +295,14 @@ def read_json(path: Path) -> dict:
 
 
 def undeclared(dvc_yaml: dict, paths: tuple[str, ...]) -> list[str]:
-    """The ``paths`` that no stage of ``dvc_yaml`` writes (as an out, inside one, or as a folder of outs)."""
+    """The ``paths`` that no stage of ``dvc_yaml`` writes (as an out or a metric, inside one, or as a folder of
+    them)."""
     outs = [
         next(iter(out)) if isinstance(out, dict) else out  # an out with options is a one-key mapping
         for stage in dvc_yaml.get("stages", {}).values()
-        for out in stage.get("outs", []) + stage.get("do", {}).get("outs", [])
+        for body in (stage, stage.get("do", {}))
+        for kind in ("outs", "metrics")
+        for out in body.get(kind, [])
     ]
     return [
         path

@@ -169,4 +169,4 @@ def test_the_layout_is_checked_against_the_stages_outs():
              "data/submission.csv")  # fmt: skip
     assert leaderboard.undeclared(dvc_yaml, paths) == ["data/features/test", "data/submission.csv"]
     real = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert leaderboard.undeclared(real, (leaderboard.TEST_LABELS, leaderboard.SUBMISSION)) == []
+    assert leaderboard.undeclared(real, leaderboard.LAYOUT) == []
