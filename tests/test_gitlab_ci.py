@@ -238,7 +238,7 @@ GCL_MISSING = [
 ]
 needs_gcl = pytest.mark.skipif(
     bool(GCL_MISSING),
-    reason=f"{', '.join(GCL_MISSING)} not on PATH: ci/test.sh installs gitlab-ci-local (npm) and rsync (apt)",
+    reason=f"{', '.join(GCL_MISSING)} not on PATH (ci/test.sh installs gitlab-ci-local with npm, rsync with apt, uv with pip)",
 )
 
 
