@@ -8,7 +8,7 @@ asserts nothing.
 The data: ``bench/belka_gen.py``'s BELKA-shaped rows, featurized (``--bits`` fingerprint bits), split with
 ``--held-out`` blocks and ``--valid-fraction`` of the share candidates (a large valid part: the old evaluate's
 memory grows with it), a joint model of ``--trees`` trees on sampled negatives. Each step runs as its own
-``python -m stages.<name>`` process; evaluate's peak RSS is that of its process tree (``bench.bench.TreeRss``). The
+``python -m stages.<name>`` process; evaluate's peak RSS is that of its process tree (``bench.common.TreeRss``). The
 baseline runs from ``git archive <ref> stages`` with a params file without the keys its schema does not know yet.
 The report says whether every run of this checkout wrote the same bytes (the budget must change no output) and
 whether ``score``, ``share`` and ``non_share`` equal the baseline's.
@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 import yaml  # noqa: E402
 
 from bench.belka_gen import write_belka  # noqa: E402
-from bench.bench import GB, human, markdown_table, parse_size, publish, run_measured  # noqa: E402
+from bench.common import GB, human, markdown_table, parse_size, publish, run_measured  # noqa: E402
 
 NEW_KEYS = (("evaluate", "mixed_sample"), ("resources", "evaluate_memory_mb"))  # unknown to older schemas
 FIGURES = ("score", "share", "non_share", "mixed")

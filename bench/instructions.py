@@ -59,22 +59,25 @@ def run_work(work: str, smiles_file: Path) -> None:
 def instructions(work: str, smiles_file: Path) -> int:
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT), "POLARS_MAX_THREADS": "1"}
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-               sys.executable, __file__, "_run", work, str(smiles_file)]  # fmt: skip
+               sys.executable, __file__, "one", work, str(smiles_file)]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return int(re.search(r"I\s+refs:\s+([\d,]+)", done.stderr).group(1).replace(",", ""))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_run":
-        run_work(argv[1], Path(argv[2]))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--molecules", type=int, default=1000)
     parser.add_argument(
         "--smiles-file", type=Path, help="cleaned SMILES, one a line (default: the real sample)"
     )
+    sub = parser.add_subparsers(dest="command")
+    one = sub.add_parser("one", help="one measured process (what the main command runs under cachegrind)")
+    one.add_argument("work", choices=WORK)
+    one.add_argument("smiles", type=Path, help="cleaned SMILES, one a line")
     args = parser.parse_args(argv)
+    if args.command == "one":
+        run_work(args.work, args.smiles)
+        return 0
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     cleaned = molecules(args.smiles_file, args.molecules)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.bench import parse_size  # noqa: E402
+from bench.common import parse_size  # noqa: E402
 from stages.dataset import find_sorted  # noqa: E402
 from stages.featurize import KeySet  # noqa: E402
 

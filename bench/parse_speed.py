@@ -35,23 +35,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.bench import (  # noqa: E402
+from bench.baselines import alternating, ceilings, unique_cleaned  # noqa: E402
+from bench.common import (  # noqa: E402
     BELKA_MOLECULES,
     BELKA_ROWS,
-    FEATURIZE_COLUMNS,
-    all_core_rows,
-    alternating,
-    ceilings,
     fastest,
-    featurize_cells,
     human,
     markdown_table,
     parse_size,
     publish,
     run_measured,
     timed,
-    unique_cleaned,
 )
+from bench.report import FEATURIZE_COLUMNS, all_core_rows, featurize_cells  # noqa: E402
 
 CURRENT = "current"
 

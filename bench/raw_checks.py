@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from bench.belka_gen import write_belka  # noqa: E402
-from bench.bench import parse_size  # noqa: E402
+from bench.common import parse_size  # noqa: E402
 from stages.featurize import label_conflicts, label_counts  # noqa: E402
 from stages.io import (  # noqa: E402
     BINDS,

@@ -54,7 +54,7 @@ import psutil  # noqa: E402
 import yaml  # noqa: E402
 
 from bench import belka_gen  # noqa: E402
-from bench.bench import BELKA_ROWS, GB, TreeRss, human, markdown_table, parse_size, publish  # noqa: E402
+from bench.common import BELKA_ROWS, GB, TreeRss, human, markdown_table, parse_size, publish  # noqa: E402
 from bench.scenario_a import FEATURIZED, Bench, make_origin  # noqa: E402
 
 BELKA_TEST_ROWS = 1_674_896

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.bench import publish  # noqa: E402
+from bench.common import publish  # noqa: E402
 
 TRAIN = "data/generated/train.parquet"
 FEATURIZED = re.compile(

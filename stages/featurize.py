@@ -6,7 +6,8 @@ Output (a directory, written atomically):
   and keys of the three building blocks. No SMILES.
 - ``molecules/part-NNNNN.parquet``: one row per unique molecule, in order of first appearance (part N holds the
   molecules first seen in input batch N): molecule_key, one float column per ``featurize.descriptors`` name and
-  the bit-packed Morgan fingerprint ``fp``.
+  the bit-packed fingerprint ``fp`` of ``featurize.fingerprint.type`` (Morgan/ECFP, feature Morgan/FCFP, atom
+  pairs or topological torsions; no ``fp`` column for ``none``).
 - ``manifest.json``: counts and the feature spec (``features.FeatureConfig.spec``).
 
 Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason. Past

@@ -29,10 +29,11 @@ def test_generator_is_belka_shaped_and_prefix_stable(tmp_path):
 
 
 def test_bench_small_run(tmp_path):
-    results = tmp_path / "RESULTS.md"
+    results, measured = tmp_path / "RESULTS.md", tmp_path / "results.json"
     command = [
         sys.executable,
         "bench/bench.py",
+        "run",
         "--sizes",
         "3000,9000",
         "--train-sizes",
@@ -59,10 +60,16 @@ def test_bench_small_run(tmp_path):
         str(tmp_path / "work"),
         "--results",
         str(results),
+        "--json",
+        str(measured),
     ]
     done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     text = results.read_text()
+    again = subprocess.run([sys.executable, "bench/bench.py", "report", str(measured)], cwd=ROOT, env=project_env(),
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == text + "\n"  # the report is the results' alone
     for heading in ("## Featurize", "## Appending 10%", "## Train", "## Targets", "## Projection"):
         assert heading in text
     # train against the same rows and features given to XGBoost as one in-memory array

@@ -99,24 +99,34 @@ def readme_commands() -> tuple[list[str], list[str]]:
     )
 
 
+TEST_SCRIPT = ROOT / "ci" / "test.sh"
+
+
 def test_readme_installs_from_the_lock():
     pipeline, tests = readme_commands()
-    for commands in (pipeline, tests):
-        assert commands[0] == "python3 -m pip install uv", commands
-        assert any(c.startswith("uv sync --frozen") for c in commands), commands
-        assert not any("pip install -e" in c or "uv pip" in c for c in commands), commands
+    assert pipeline[0] == "python3 -m pip install uv", pipeline
+    assert any(c.startswith("uv sync --frozen") for c in pipeline), pipeline
     assert pipeline[-1] in ("uv run --frozen dvc repro", "dvc repro"), pipeline
-    assert "uv run --frozen python -m pytest -n auto" in tests  # every tier, on every core
-    assert 'uv run --frozen python -m pytest -m "not slow"' in tests  # the fast tier
+    # the tests: one script that sets up everything a fresh machine can run, every tier; the fast tier by a filter
+    assert tests == ["ci/test.sh", 'ci/test.sh -m "not slow"'], tests
+    script = TEST_SCRIPT.read_text()
+    for commands in (pipeline, script.splitlines()):
+        assert not any("pip install -e" in c or "uv pip" in c for c in commands), commands
+    assert "uv sync --frozen --extra dev --python python3\n" in script
+    # every tier, on every core; nothing but uv from pip
+    assert script.rstrip().endswith('uv run --frozen python -m pytest -n auto "$@"')
+    assert '-m pip install -q --disable-pip-version-check "uv==$UV_VERSION"' in script
+    assert "gitlab-ci-local@$GITLAB_CI_LOCAL_VERSION" in script and "apt-get install -y -qq rsync" in script
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-ra" in pytest_options["addopts"]  # the summary names every skipped test and why
 
 
 def test_test_job_runs_readme_command_with_uv_cache(ci):
     job = merged(ci, "test")
-    _, readme = readme_commands()
-    sync = next(c for c in readme if c.startswith("uv sync"))
-    assert sync in job["script"] and "uv lock --check" in job["script"]
-    assert job["script"][-1] == "uv run --frozen python -m pytest -n auto"  # every tier, as .ci/run
-    assert job["script"].index("uv lock --check") < job["script"].index(sync)
+    assert "uv sync --frozen --extra dev" in job["script"] and "uv lock --check" in job["script"]
+    assert "uv sync --frozen --extra dev" in TEST_SCRIPT.read_text()
+    assert job["script"][-1] == "uv run --frozen python -m pytest -n auto"  # every tier, as ci/test.sh
+    assert job["script"].index("uv lock --check") < job["script"].index("uv sync --frozen --extra dev")
     sources = {rule["if"] for rule in job["rules"]}
     assert sources == {'$CI_PIPELINE_SOURCE == "push"', '$CI_PIPELINE_SOURCE == "merge_request_event"'}
     assert job["cache"]["key"]["files"] == ["uv.lock"]
@@ -125,17 +135,18 @@ def test_test_job_runs_readme_command_with_uv_cache(ci):
     assert ci["variables"]["UV_PYTHON_DOWNLOADS"] == "never"
 
 
-def test_ci_run_installs_from_the_lock():
+def test_ci_run_is_the_readme_test_command():
     run = (ROOT / ".ci" / "run").read_text()
-    assert "uv sync --frozen --extra dev --python python3" in run
-    assert run.rstrip().endswith("uv run --frozen python -m pytest -n auto")  # all tiers: no -m filter
-    assert "UV_PYTHON_DOWNLOADS=never" in run
-    assert "pip install -q -e" not in run and "gitlab-ci-local@" in run
+    assert run.rstrip().endswith('exec "$(dirname "$0")/../ci/test.sh" "$@"')
+    assert "UV_PYTHON_DOWNLOADS=never" in TEST_SCRIPT.read_text()
+    for path in (ROOT / ".ci" / "run", TEST_SCRIPT):
+        assert os.access(path, os.X_OK), path
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, path
 
 
 def test_every_install_is_from_the_lock(ci):
     """No job re-resolves: every `uv sync` is --frozen, nothing is pip-installed but uv itself, and jobs that
-    bootstrap uv take the same version as the Dockerfile and .ci/run."""
+    bootstrap uv take the same version as the Dockerfile and ci/test.sh (the README's test command)."""
     for name, job in ci.items():
         if not isinstance(job, dict) or "script" not in merged(ci, name):
             continue
@@ -146,7 +157,7 @@ def test_every_install_is_from_the_lock(ci):
                 assert '"uv==$UV_VERSION"' in command, (name, command)
     version = ci["variables"]["UV_VERSION"]
     assert f"ARG UV_VERSION={version}\n" in (ROOT / "Dockerfile").read_text()
-    assert f"UV_VERSION={version} " in (ROOT / ".ci" / "run").read_text()
+    assert f"UV_VERSION={version} " in TEST_SCRIPT.read_text()
 
 
 def test_reproduce_job(ci):
@@ -217,12 +228,17 @@ def test_no_credentials_in_ci_file():
         assert word not in text
 
 
-# gitlab-ci-local: optional (npm package; needs rsync). `.ci/run` installs it where CI has npm.
+# gitlab-ci-local: an npm package; needs rsync. ci/test.sh (the README's test command) installs both where it can.
 
 GITLAB_CI_LOCAL = os.environ.get("GITLAB_CI_LOCAL") or shutil.which("gitlab-ci-local")
+GCL_MISSING = [
+    name
+    for name, found in (("gitlab-ci-local", GITLAB_CI_LOCAL), ("rsync", shutil.which("rsync")), ("uv", UV))
+    if not found
+]
 needs_gcl = pytest.mark.skipif(
-    not GITLAB_CI_LOCAL or not shutil.which("rsync") or not UV,
-    reason="gitlab-ci-local (npm), rsync or uv (the jobs' installer) not installed",
+    bool(GCL_MISSING),
+    reason=f"{', '.join(GCL_MISSING)} not on PATH (ci/test.sh installs gitlab-ci-local with npm, rsync with apt, uv with pip)",
 )
 
 

@@ -1,4 +1,4 @@
-"""The README's sweep recipe through real `dvc exp` commands: queue a grid, run it, compare, keep the best."""
+"""The sweep recipe of docs/models.md through real `dvc exp` commands: queue a grid, run it, compare, keep the best."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.conftest import Repo, clone, run_queue
 
 pytestmark = pytest.mark.slow
 
-# The README's recipe, the same commands ("Sweeps and the model registry").
+# docs/models.md's recipe, the same commands ("Sweeps and the model registry").
 GRID = ["-S", "train.model=joint,per_protein", "-S", "xgb.max_depth=3"]
 SHOW = ["exp", "show", "--sort-by", "metrics/evaluate.json:score", "--sort-order", "desc",
         "--drop", ".*", "--keep", "Experiment|score$|share$|non_share$|train.model|max_depth"]  # fmt: skip
