@@ -9,9 +9,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {"generate", "featurize", "split", "train", "final", "evaluate", "predict"}
 # Modules that shape no output (logging, progress, error messages; where work runs; train's memory estimate, which
-# refuses or logs): no stage lists them, so editing them reruns
+# refuses or logs; the environment check, which refuses or records): no stage lists them, so editing them reruns
 # nothing. The one place that names them.
-OUTPUT_NEUTRAL = {"cli", "engine", "memory"}
+OUTPUT_NEUTRAL = {"cli", "engine", "memory", "environment"}
 
 
 def imported_modules(name: str, seen: set[str] | None = None) -> set[str]:
