@@ -48,8 +48,10 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def read_record(path: Path = RECORD) -> dict[str, str] | None:
-    """The recorded versions, or None when the project has no record (an installed wheel, a bare copy)."""
+def read_record(path: Path | None = None) -> dict[str, str] | None:
+    """The recorded versions (in ``path``, default :data:`RECORD`), or None when the project has none (an installed
+    wheel, a bare copy)."""
+    path = RECORD if path is None else path
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -80,8 +82,10 @@ def mismatch_message(what: str) -> str:
     )
 
 
-def check(path: Path = RECORD) -> None:
-    """Refuse (:class:`EnvironmentMismatch`) when an installed version differs from the recorded one."""
+def check(path: Path | None = None) -> None:
+    """Refuse (:class:`EnvironmentMismatch`) when an installed version differs from the recorded one (in ``path``,
+    default :data:`RECORD`)."""
+    path = RECORD if path is None else path
     recorded = read_record(path)
     if recorded is None:
         return
