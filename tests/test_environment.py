@@ -17,6 +17,7 @@ from packaging.version import Version
 
 from stages import environment, generate
 from tests.conftest import ROOT, Repo, clone, project_env, ran_stages, run
+from tests.test_dvc_yaml import ENVIRONMENT_SHAPES
 
 # An RDKit other than the locked one, with wheels for every supported Python, that the code accepts
 # (pyproject.toml: rdkit>=2025.3.4).
@@ -152,3 +153,20 @@ def test_another_rdkit_reruns_what_rdkit_shapes_and_the_locked_one_restores_dvc_
     assert (repo.path / "environment.yaml").read_text() == (ROOT / "environment.yaml").read_text()
     dvc("repro", env=locked)
     assert repo.read("dvc.lock") == committed_lock
+
+
+@pytest.mark.slow
+def test_a_recorded_version_change_makes_exactly_the_stages_it_shapes_stale(
+    reproduced_repo: Repo, tmp_path: Path
+):
+    """DVC tracks environment.yaml per key: each package's change is seen by the stages that list it, no other."""
+    repo = clone(reproduced_repo, tmp_path / "clone")
+    record = (repo.path / "environment.yaml").read_text()
+    env = in_venv(Path(sys.executable))
+    for package, shaped in ENVIRONMENT_SHAPES.items():
+        versions = {**environment.read_record(repo.path / "environment.yaml"), package: "0.0.1"}
+        (repo.path / "environment.yaml").write_text(environment.render(versions))
+        expected = {f"featurize@{side}" for side in ("train", "test")} if "featurize" in shaped else set()
+        assert dvc_status(repo, env) == expected | (shaped - {"featurize"}), package
+        (repo.path / "environment.yaml").write_text(record)
+    assert dvc_status(repo, env) == set()
