@@ -56,12 +56,14 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
     import polars as pl
     import pyarrow as pa
 
+    from stages import environment
     from stages.io import ArtifactError, InputError, first_line
     from stages.params import ParamsError
 
     try:
+        environment.check()  # no output from versions that environment.yaml (and so dvc.lock) does not name
         body(*args)
-    except (InputError, ParamsError, ArtifactError) as exc:
+    except (InputError, ParamsError, ArtifactError, environment.EnvironmentMismatch) as exc:
         log.debug("failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
         return 1

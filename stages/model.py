@@ -24,6 +24,7 @@ import polars as pl
 import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from stages.environment import mismatch_message
 from stages.features import spec_differences
 from stages.io import PROTEIN, ArtifactError, InputError, first_line, read_json, sha256_file, write_json
 from stages.molecules import MoleculeStore, spec_is_complete
@@ -144,12 +145,15 @@ class Model:
     def check_features(self, store: MoleculeStore) -> None:
         """Refuse features made differently from the model's (settings, RDKit version, feature version)."""
         differences = spec_differences(store.spec, self.feature_spec)
-        if differences:
-            raise InputError(
-                f"{store.directory}: features were made differently from the model's training features "
-                f"(features != model): {'; '.join(differences)}. Featurize and train with the same featurize "
-                "params and RDKit (dvc repro)"
-            )
+        if not differences:
+            return
+        found = (
+            f"{store.directory}: features were made differently from the model's training features "
+            f"(features != model): {'; '.join(differences)}"
+        )
+        if store.spec.get("rdkit") != self.feature_spec.get("rdkit"):  # `dvc repro` alone changes no RDKit
+            raise InputError(mismatch_message(f"{found}. Featurize and train with one RDKit"))
+        raise InputError(f"{found}. Featurize and train with the same featurize params (dvc repro)")
 
     def predict(self, rows: pl.DataFrame, store: MoleculeStore) -> np.ndarray:
         molecules = molecule_matrix(rows, store, self.scaler)
@@ -244,6 +248,13 @@ def load_model(directory: Path) -> Model:
     if not spec_is_complete(manifest.get("features")):
         raise ArtifactError(
             f"{directory / MANIFEST}: no complete feature spec (made by an older version: dvc repro train)"
+        )
+    trained_with = manifest.get("xgboost")
+    if trained_with is not None and trained_with != xgb.__version__:
+        raise ArtifactError(
+            mismatch_message(
+                f"{directory}: trained with XGBoost {trained_with}, {xgb.__version__} is installed"
+            )
         )
     encoder = encoder_from_json(read_json(directory / ENCODER, "encoder"), str(directory / ENCODER))
     descriptors = manifest["features"]["descriptors"]

@@ -9,9 +9,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {"generate", "featurize", "split", "train", "final", "learning_curve", "evaluate", "predict"}
 # Modules that shape no output (logging, progress, error messages; where work runs; train's memory estimate, which
-# refuses or logs): no stage lists them, so editing them reruns
+# refuses or logs; the environment check, which refuses or records): no stage lists them, so editing them reruns
 # nothing. The one place that names them.
-OUTPUT_NEUTRAL = {"cli", "engine", "memory"}
+OUTPUT_NEUTRAL = {"cli", "engine", "memory", "environment"}
 
 
 def imported_modules(name: str, seen: set[str] | None = None) -> set[str]:
@@ -41,9 +41,51 @@ def test_each_stage_depends_on_exactly_the_modules_it_imports():
         assert listed == expected, (name, listed ^ expected)
 
 
+def params_keys(stage: dict, file: str = "params.yaml") -> list[str]:
+    """The keys of ``file`` a stage lists as params (params.yaml's are plain strings, another file's a mapping)."""
+    keys = []
+    for item in stage.get("do", stage).get("params", []):
+        if isinstance(item, dict):
+            keys += item.get(file, [])
+        elif file == "params.yaml":
+            keys.append(item)
+    return keys
+
+
+# Which stages each recorded package can change (environment.yaml's keys as params; stages/environment.py):
+ENVIRONMENT_SHAPES = {
+    # RDKit: the canonical SMILES generate writes and its hidden rule's substructure matches; featurize's cleaning,
+    # descriptors and fingerprints (and the version in the feature spec)
+    "rdkit": {"generate", "featurize"},
+    # XGBoost: the boosters (their JSON records the version) and every probability scored from them
+    "xgboost": {"train", "final", "learning_curve", "evaluate", "predict"},
+    # scikit-learn: the scaler's statistics and the encoder (train, final), the scaler's and encoder's transform
+    # (every design matrix: evaluate, predict), evaluate's AP, ROC AUC and curves
+    "scikit-learn": {"train", "final", "learning_curve", "evaluate", "predict"},
+    # numpy: seeded Generator draws (generate, evaluate's bootstrap: NEP 19 promises no stream across versions), the
+    # float reductions of the scaler's statistics (train, final); split's hash is integer arithmetic, exact
+    "numpy": {"generate", "train", "final", "learning_curve", "evaluate"},
+    # polars: every table a stage writes is built by it (joins, sorts, group-bys), and it writes the CSV outputs
+    # (rejects, curves, submission: its float formatting)
+    "polars": {"generate", "featurize", "split", "train", "final", "learning_curve", "evaluate"} | {"predict"},
+    # pyarrow: writes every parquet output, its version in each file's footer (created_by)
+    "pyarrow": {"generate", "featurize", "split"},
+    # dvclive: train's metrics.json and per-metric step files
+    "dvclive": {"train"},
+}
+
+
+def test_each_recorded_package_is_a_param_of_exactly_the_stages_it_shapes():
+    recorded = yaml.safe_load((ROOT / "environment.yaml").read_text())
+    assert set(ENVIRONMENT_SHAPES) == set(recorded)
+    listed = {name: set(params_keys(stage, "environment.yaml")) for name, stage in stages().items()}
+    expected = {name: {p for p, shaped in ENVIRONMENT_SHAPES.items() if name in shaped} for name in stages()}
+    assert listed == expected
+
+
 def test_params_deps_are_keys_that_shape_outputs():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    listed = {name: stage.get("do", stage).get("params", []) for name, stage in stages().items()}
+    listed = {name: params_keys(stage) for name, stage in stages().items()}
     for name, keys in listed.items():
         for key in keys:
             node = params

@@ -219,6 +219,12 @@ def test_scheduled_variants(ci):
         "variables": {"UV_LOCK_UPGRADE": "true"},
     }
     assert upgrade["variables"]["UV_LOCK_UPGRADE"] == "false"
+    # each run starts from the record of the versions it runs with (every stage refuses others)
+    steps = upgrade["script"]
+    for run in ("python ci/upgrade_check.py run before", "python ci/upgrade_check.py run after"):
+        installs = [i for i, step in enumerate(steps[: steps.index(run)]) if step.startswith("uv sync")]
+        assert "python -m stages.environment" in steps[installs[-1] : steps.index(run)], run
+    assert "environment.yaml" in upgrade["artifacts"]["paths"]
     assert "dvc push" not in scripts(upgrade)
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import xgboost
 
-from stages import predict
+from stages import environment, predict
 from stages.featurize import featurize_file
-from stages.io import InputError
+from stages.io import ArtifactError, InputError
 from stages.model import load_model
 from stages.predict import predict_file
 from stages.train import train_model
@@ -47,8 +48,9 @@ def features_with(mini_run: MiniRun, tmp_path: Path, **fingerprint) -> Path:
 
 def test_features_made_with_another_radius_are_refused(mini_run: MiniRun, tmp_path: Path):
     features = features_with(mini_run, tmp_path, radius=3)
-    with pytest.raises(InputError, match=r"made differently .*fingerprint\.radius: 3 != 2"):
+    with pytest.raises(InputError, match=r"made differently .*fingerprint\.radius: 3 != 2") as info:
         predict_file(features, None, mini_run.models, 1000)
+    assert str(info.value).endswith("(dvc repro)")  # params: `dvc repro` reruns what they change
 
 
 def test_features_made_with_another_rdkit_or_feature_version_are_refused(mini_run: MiniRun, tmp_path: Path):
@@ -61,6 +63,21 @@ def test_features_made_with_another_rdkit_or_feature_version_are_refused(mini_ru
     with pytest.raises(InputError) as info:
         predict_file(features, None, mini_run.models, 1000)
     assert "version: 0 != 1" in str(info.value) and "rdkit: '2023.09.1' != " in str(info.value)
+    # another RDKit: `dvc repro` sees no change until the environment is recorded, so the hint names that command
+    hint = str(info.value)
+    assert f"({environment.COMMAND}, then dvc repro)" in hint and "uv sync --frozen" in hint
+
+
+def test_a_model_trained_by_another_xgboost_is_refused(mini_run: MiniRun, tmp_path: Path):
+    models = tmp_path / "models"
+    shutil.copytree(mini_run.models, models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert manifest["xgboost"] == xgboost.__version__
+    manifest["xgboost"] = "1.7.6"
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"trained with XGBoost 1\.7\.6, .* is installed") as info:
+        load_model(models)
+    assert f"({environment.COMMAND}, then dvc repro)" in str(info.value) and "\n" not in str(info.value)
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess:
