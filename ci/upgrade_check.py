@@ -45,7 +45,9 @@ if str(ROOT) not in sys.path:
 
 import polars as pl  # noqa: E402
 
-from stages.io import SMILES, InputError, iter_raw_batches, write_parquet  # noqa: E402
+from stages.errors import InputError  # noqa: E402
+from stages.io import SMILES, write_parquet  # noqa: E402
+from stages.raw_input import iter_raw_batches  # noqa: E402
 
 WORK = Path("upgrade-check")
 SIDES = ("train", "test")

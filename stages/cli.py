@@ -56,7 +56,7 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
     import polars as pl
     import pyarrow as pa
 
-    from stages.io import ArtifactError, InputError, first_line
+    from stages.errors import ArtifactError, InputError, first_line
     from stages.params import ParamsError
 
     try:

@@ -45,9 +45,11 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from stages.atomic import atomic_dir
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, count_rows, in_sorted, iter_row_batches
-from stages.io import BINDS, PROTEIN, InputError, atomic_dir, write_csv, write_json
+from stages.errors import InputError
+from stages.io import BINDS, PROTEIN, write_csv, write_json
 from stages.model import Model, load_model
 from stages.molecules import MoleculeStore
 from stages.params import Evaluate, load_params

@@ -14,7 +14,7 @@ Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason
 rejects CSV; unlabelled (test) data is featurized anyway, with a warning, since a submission needs every id (predict
 scores the rejected rows with a fallback). A problem of the file rather than of one row (a missing column, a null
 id, building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
-(``io.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
+(``raw_input.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
 ``featurize.conflicting_labels``, from passes over the raw rows before any RDKit work (:func:`check_input`):
 ``error`` refuses the input, ``any`` labels every row of the pair 1, ``drop`` leaves its rows out; the count is
 logged and kept in the manifest.
@@ -45,28 +45,14 @@ import numpy as np
 import polars as pl
 
 from stages import chem, engine, features
+from stages.atomic import atomic_dir, atomic_file
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, find_sorted, in_sorted
-from stages.io import (
-    BB_COLUMNS,
-    BINDS,
-    CHECK_BATCH_ROWS,
-    ID,
-    PROTEIN,
-    SMILES,
-    InputError,
-    RawInput,
-    atomic_dir,
-    atomic_file,
-    checked_input,
-    raw_columns,
-    read_batches,
-    shard_name,
-    write_json,
-    write_parquet,
-)
+from stages.errors import InputError
+from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, shard_name, write_json, write_parquet
 from stages.molecules import CHECK, FeatureCache, cache_namespace, feature_frame, molecule_schema
 from stages.params import Params, feature_cache_dir, load_params, workers
+from stages.raw_input import CHECK_BATCH_ROWS, RawInput, checked_input, raw_columns, read_batches
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -458,7 +444,7 @@ class CheckedInput:
 
 
 def check_input(source: Path, needs_binds: bool, opts: Options) -> CheckedInput:
-    """Everything that can refuse an input, before any RDKit work: the raw checks (``io.check_raw_input``), then,
+    """Everything that can refuse an input, before any RDKit work: the raw checks (``raw_input.check_raw_input``), then,
     for labelled data, the pairs labelled 1 (one pass over the raw rows) and, for ``featurize.conflicting_labels``
     error or drop, the pairs labelled both ways (a second pass), refused under error."""
     raw, columns = checked_input(source, needs_binds)

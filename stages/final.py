@@ -20,8 +20,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from stages.atomic import atomic_dir
 from stages.cli import run_main, setup_logging
-from stages.io import atomic_dir, read_json, write_json
+from stages.io import read_json, write_json
 from stages.model import MANIFEST, load_model
 from stages.params import Params, load_params
 from stages.train import SUMMARY_HELP, FitPlan, train_model

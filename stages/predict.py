@@ -24,14 +24,8 @@ import polars as pl
 from stages import engine
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import count_rows, read_rows
-from stages.io import (
-    ID,
-    PROTEIN,
-    InputError,
-    list_shards,
-    manifest_version,
-    write_csv,
-)
+from stages.errors import InputError
+from stages.io import ID, PROTEIN, list_shards, manifest_version, write_csv
 from stages.model import Model, load_model
 from stages.molecules import cached_store
 from stages.params import load_params, workers

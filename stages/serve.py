@@ -22,23 +22,12 @@ import polars as pl
 
 from stages import featurize
 from stages.cli import run_main, setup_logging
+from stages.errors import InputError
 from stages.features import FeatureConfig
-from stages.io import (
-    BB_COLUMNS,
-    CSV_SUFFIXES,
-    ID,
-    PROTEIN,
-    SMILES,
-    InputError,
-    check_unique_ids,
-    first_breach,
-    id_rule,
-    protein_rule,
-    write_csv,
-    write_parquet,
-)
+from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, write_csv, write_parquet
 from stages.params import load_params, workers
 from stages.predict import cached_model, predict_file
+from stages.raw_input import CSV_SUFFIXES, check_unique_ids, first_breach, id_rule, protein_rule
 
 log = logging.getLogger("stages.serve")
 

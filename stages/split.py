@@ -36,9 +36,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from stages.atomic import atomic_dir
 from stages.cli import run_main, setup_logging
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, iter_row_batches
-from stages.io import BINDS, PROTEIN, InputError, atomic_dir, shard_name, write_json, write_parquet
+from stages.errors import InputError
+from stages.io import BINDS, PROTEIN, shard_name, write_json, write_parquet
 from stages.params import Split, load_params
 
 log = logging.getLogger("stages.split")

@@ -42,19 +42,11 @@ from dvclive import Live
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import engine
+from stages.atomic import atomic_dir, scratch_dir
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, KEY, iter_row_batches, read_rows
-from stages.io import (
-    BINDS,
-    ID,
-    PROTEIN,
-    InputError,
-    atomic_dir,
-    first_line,
-    list_shards,
-    scratch_dir,
-    write_csv,
-)
+from stages.errors import InputError, first_line
+from stages.io import BINDS, ID, PROTEIN, list_shards, write_csv
 from stages.memory import check_fit
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store

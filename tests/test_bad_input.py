@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from stages import cli
+from stages.atomic import atomic_file
+from stages.errors import ArtifactError, InputError
 from stages.featurize import featurize_file
-from stages.io import ArtifactError, InputError, atomic_file
 from stages.model import load_model
 from stages.molecules import MoleculeStore
 from stages.params import Params, parse_params

@@ -8,10 +8,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {"generate", "featurize", "split", "train", "final", "evaluate", "predict"}
-# Modules that shape no output (logging, progress, error messages; where work runs; train's memory estimate, which
-# refuses or logs): no stage lists them, so editing them reruns
+# Modules that shape no output (atomic writes; errors and their messages; logging, progress and the command line;
+# where work runs; train's memory estimate, which refuses or logs): no stage lists them, so editing them reruns
 # nothing. The one place that names them.
-OUTPUT_NEUTRAL = {"cli", "engine", "memory"}
+OUTPUT_NEUTRAL = {"atomic", "cli", "engine", "errors", "memory"}
 
 
 def imported_modules(name: str, seen: set[str] | None = None) -> set[str]:

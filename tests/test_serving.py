@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 
 from stages import predict
+from stages.errors import InputError
 from stages.featurize import featurize_file
-from stages.io import InputError
 from stages.model import load_model
 from stages.predict import predict_file
 from stages.train import train_model
