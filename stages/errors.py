@@ -14,6 +14,10 @@ class InputError(ValueError):
     """An input file is missing, unreadable or not in the expected format; the message names file and column."""
 
 
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
 class ArtifactError(ValueError):
     """A model, encoder or scaler artifact is missing, of another schema version, or altered."""
 

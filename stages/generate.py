@@ -38,9 +38,9 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from stages import engine
-from stages.cli import run_main, setup_logging
+from stages.cli import Command
 from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, write_parquet
-from stages.params import PROTEINS, Generate, load_params, workers
+from stages.params import PROTEINS, Generate, Params, workers
 
 log = logging.getLogger("stages.generate")
 
@@ -402,41 +402,37 @@ def to_kaggle_table(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow().cast(schema)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--train", type=Path, required=True, help="the training parquet file to write")
-    parser.add_argument("--test", type=Path, required=True, help="the test parquet file to write")
-    parser.add_argument(
-        "--test-labels",
-        type=Path,
-        help="also write the test set's hidden labels (id, protein_name, binds, group): for a leaderboard only",
+def run(args: argparse.Namespace, params: Params) -> None:
+    with engine.executor("local", workers(params)) as pool:
+        data = generate_all(params.generate, pool)
+    write_parquet(to_kaggle_table(data.train), args.train)
+    write_parquet(to_kaggle_table(data.test), args.test)
+    log.info(
+        "wrote %d train rows (%d positives) and %d test rows",
+        len(data.train),
+        data.train[BINDS].sum(),
+        len(data.test),
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    if args.test_labels:
+        write_parquet(data.test_labels.to_arrow().cast(LABELS_SCHEMA), args.test_labels)
+        mixed = int((data.test_labels["group"] == "mixed").sum())
+        if mixed:
+            log.warning(
+                "%d test rows mix seen and unseen building blocks (group mixed): train is small", mixed
+            )
 
-    def body() -> None:
-        params = load_params(args.params)
-        with engine.executor("local", workers(params)) as pool:
-            data = generate_all(params.generate, pool)
-        write_parquet(to_kaggle_table(data.train), args.train)
-        write_parquet(to_kaggle_table(data.test), args.test)
-        log.info(
-            "wrote %d train rows (%d positives) and %d test rows",
-            len(data.train),
-            data.train[BINDS].sum(),
-            len(data.test),
+
+def main(argv: list[str] | None = None) -> int:
+    return (
+        Command("generate", __doc__)
+        .paths(train="the training parquet file to write", test="the test parquet file to write")
+        .option(
+            "--test-labels",
+            type=Path,
+            help="also write the test set's hidden labels (id, protein_name, binds, group): for a leaderboard only",
         )
-        if args.test_labels:
-            write_parquet(data.test_labels.to_arrow().cast(LABELS_SCHEMA), args.test_labels)
-            mixed = int((data.test_labels["group"] == "mixed").sum())
-            if mixed:
-                log.warning(
-                    "%d test rows mix seen and unseen building blocks (group mixed): train is small", mixed
-                )
-
-    return run_main(body)
+        .main(argv, run)
+    )
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages.errors import ParamsError
+
 PARAMS_FILE = Path("params.yaml")
 PROTEINS = ("BRD4", "HSA", "sEH")
 DEFAULT_DESCRIPTORS = ("MolWt", "NumHDonors", "NumHAcceptors")  # the seed's MW, HBD and HBA
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or does not match the schema."""
 
 
 class Section(BaseModel):

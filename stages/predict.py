@@ -22,13 +22,13 @@ import numpy as np
 import polars as pl
 
 from stages import engine
-from stages.cli import progress, run_main, setup_logging
+from stages.cli import MODELS, Command, progress
 from stages.dataset import count_rows, read_rows
 from stages.errors import InputError
 from stages.io import ID, PROTEIN, list_shards, manifest_version, write_csv
 from stages.model import Model, load_model
 from stages.molecules import cached_store
-from stages.params import load_params, workers
+from stages.params import Params, workers
 
 log = logging.getLogger("stages.predict")
 
@@ -110,50 +110,48 @@ def predict_file(
     return submission.sort(ID)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.predict",
-        description=__doc__.split("\n\n")[0],
-        epilog="On demand (--smiles S --protein P, or --input FILE --output CSV): the options of "
-        "python -m stages.serve, which this command runs when --features is not given.",
+def run(args: argparse.Namespace, params: Params) -> None:
+    submission = predict_file(
+        args.features,
+        args.rejects,
+        args.models,
+        params.resources.batch_rows,
+        params.resources.engine,
+        workers(params),
+        params.resources.worker_wait,
     )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--models", type=Path, required=True, help="the trained model's directory")
-    parser.add_argument("--features", type=Path, help="featurize output of the test data")
-    parser.add_argument("--rejects", type=Path, help="featurize's rejects of the test data")
-    parser.add_argument("--output", type=Path, help="the submission CSV to write (id,binds)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args, on_demand = parser.parse_known_args(argv)
+    write_csv(submission, args.output)
+    log.info(
+        "wrote %d predictions to %s with %s",
+        len(submission),
+        args.output,
+        cached_model(args.models).description,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = (
+        Command(
+            "predict",
+            __doc__,
+            epilog="On demand (--smiles S --protein P, or --input FILE --output CSV): the options of "
+            "python -m stages.serve, which this command runs when --features is not given.",
+        )
+        .paths(models=MODELS)
+        .option("--features", type=Path, help="featurize output of the test data")
+        .option("--rejects", type=Path, help="featurize's rejects of the test data")
+        .option("--output", type=Path, help="the submission CSV to write (id,binds)")
+    )
+    args, on_demand = command.parser.parse_known_args(argv)
     if (
         args.features is None
     ):  # on demand: stages.serve, imported only here (the pipeline stage never needs it)
         return importlib.import_module("stages.serve").main(argv)
     if on_demand:
-        parser.error(f"unrecognized arguments with --features: {' '.join(on_demand)}")
+        command.parser.error(f"unrecognized arguments with --features: {' '.join(on_demand)}")
     if not args.output:
-        parser.error("--features needs --output")
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        submission = predict_file(
-            args.features,
-            args.rejects,
-            args.models,
-            params.resources.batch_rows,
-            params.resources.engine,
-            workers(params),
-            params.resources.worker_wait,
-        )
-        write_csv(submission, args.output)
-        log.info(
-            "wrote %d predictions to %s with %s",
-            len(submission),
-            args.output,
-            cached_model(args.models).description,
-        )
-
-    return run_main(body)
+        command.parser.error("--features needs --output")
+    return command.run(args, run)
 
 
 if __name__ == "__main__":

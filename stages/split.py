@@ -37,11 +37,11 @@ import numpy as np
 import polars as pl
 
 from stages.atomic import atomic_dir
-from stages.cli import run_main, setup_logging
+from stages.cli import Command
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, iter_row_batches
 from stages.errors import InputError
 from stages.io import BINDS, PROTEIN, shard_name, write_json, write_parquet
-from stages.params import Split, load_params
+from stages.params import Params, Split
 
 log = logging.getLogger("stages.split")
 
@@ -189,25 +189,22 @@ def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
     return summary
 
 
+def run(args: argparse.Namespace, params: Params) -> None:
+    summary = split_rows(args.rows, SplitOutput(args.train, args.valid, args.summary), params.split)
+    log.info("%s split: %s", summary["method"], summary["valid_groups"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.split", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument(
-        "--rows", type=Path, required=True, help="the rows/ of the train data's featurize output"
+    return (
+        Command("split", __doc__)
+        .paths(
+            rows="the rows/ of the train data's featurize output",
+            train="the train part's directory",
+            valid="the valid part's directory",
+            summary="the JSON of counts",
+        )
+        .main(argv, run)
     )
-    parser.add_argument("--train", type=Path, required=True, help="the train part's directory")
-    parser.add_argument("--valid", type=Path, required=True, help="the valid part's directory")
-    parser.add_argument("--summary", type=Path, required=True, help="the JSON of counts")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        output = SplitOutput(args.train, args.valid, args.summary)
-        summary = split_rows(args.rows, output, load_params(args.params).split)
-        log.info("%s split: %s", summary["method"], summary["valid_groups"])
-
-    return run_main(body)
 
 
 if __name__ == "__main__":

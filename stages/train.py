@@ -43,24 +43,20 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages import engine
 from stages.atomic import atomic_dir, scratch_dir
-from stages.cli import progress, run_main, setup_logging
+from stages.cli import Command, progress
 from stages.dataset import BB_KEYS, KEY, iter_row_batches, read_rows
 from stages.errors import InputError, first_line
 from stages.io import BINDS, ID, PROTEIN, list_shards, write_csv
 from stages.memory import check_fit
 from stages.model import JOINT, design_matrix, feature_names, save_model
 from stages.molecules import MoleculeStore, cached_store
-from stages.params import Params, Train, external_memory_dir, load_params, threads
+from stages.params import Params, Train, external_memory_dir, threads
 from stages.split import Rule, assign, uniform_hash
 
 log = logging.getLogger("stages.train")
 
 FIT, STOP_SHARE, STOP_UNSEEN = "fit", "stop_share", "stop_unseen"  # the parts of the training rows
 LABEL_COLUMNS = [ID, KEY, PROTEIN, BINDS, *BB_KEYS]
-SUMMARY_HELP = (
-    "the split's summary.json: the rows and positives by protein the memory estimate reads before any row "
-    "(default: counted from the rows' labels)"
-)
 EARLY_STOPPING_STREAM = 0xE5_1D_0F_F5  # the early-stopping draw's own stream: independent of the split's draw
 
 
@@ -826,31 +822,23 @@ def run_ranks(client, works: list[RankWork], wait: float) -> list[RankResult]:
     )
 
 
+def run(args: argparse.Namespace, params: Params) -> None:
+    result = train_model(params, args.rows, args.features, args.models, args.live, summary=args.split_summary)
+    rounds = ", ".join(
+        f"{key if key != JOINT else 'all'}: {result['best_iteration'][key] + 1} of {boosted}"
+        for key, boosted in result["rounds"].items()
+    )
+    log.info(
+        "%s model on %d rows x %d features (%s); trees kept per booster: %s",
+        result["model"], result["rows"], result["features"], result["matrix"], rounds,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--rows", type=Path, required=True, help="the split's train part")
-    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
-    parser.add_argument("--models", type=Path, required=True, help="where the JSON artifacts go")
-    parser.add_argument("--live", type=Path, required=True, help="dvclive directory for training curves")
-    parser.add_argument("--split-summary", type=Path, help=SUMMARY_HELP)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        params, summary = load_params(args.params), args.split_summary
-        result = train_model(params, args.rows, args.features, args.models, args.live, summary=summary)
-        rounds = ", ".join(
-            f"{key if key != JOINT else 'all'}: {result['best_iteration'][key] + 1} of {boosted}"
-            for key, boosted in result["rounds"].items()
-        )
-        log.info(
-            "%s model on %d rows x %d features (%s); trees kept per booster: %s",
-            result["model"], result["rows"], result["features"], result["matrix"], rounds,
-        )  # fmt: skip
-
-    return run_main(body)
+    command = Command("train", __doc__).fit(
+        rows="the split's train part", models="where the JSON artifacts go"
+    )
+    return command.paths(live="dvclive directory for training curves").main(argv, run)
 
 
 if __name__ == "__main__":
