@@ -22,10 +22,10 @@ from pathlib import Path
 
 from stages.atomic import atomic_dir
 from stages.cli import Command
+from stages.fitting import FitPlan, train_model
 from stages.io import read_json, write_json
 from stages.model import MANIFEST, load_model
 from stages.params import Params
-from stages.train import FitPlan, train_model
 
 log = logging.getLogger("stages.final")
 

@@ -168,7 +168,7 @@ def as_int(column: str) -> pl.Expr:
 
 
 @dataclass(frozen=True)
-class Rule:
+class ColumnRule:
     """What every value of a column must be; ``broken`` is true on the rows that are not."""
 
     column: str
@@ -176,25 +176,25 @@ class Rule:
     broken: pl.Expr
 
 
-def id_rule() -> Rule:
-    return Rule(ID, "a 64-bit integer", pl.col(ID).is_null() | as_int(ID).is_null())
+def id_rule() -> ColumnRule:
+    return ColumnRule(ID, "a 64-bit integer", pl.col(ID).is_null() | as_int(ID).is_null())
 
 
-def protein_rule() -> Rule:
+def protein_rule() -> ColumnRule:
     protein = pl.col(PROTEIN)
-    return Rule(
+    return ColumnRule(
         PROTEIN,
         "a protein name without surrounding spaces",
         protein.is_null() | (protein == "") | (protein.str.strip_chars() != protein),
     )
 
 
-def raw_rules(columns: list[str]) -> list[Rule]:
+def raw_rules(columns: list[str]) -> list[ColumnRule]:
     """The file-level rules of a BELKA file, in the order they are reported, for the columns read."""
     rules = [id_rule()]
-    rules += [Rule(bb, "a building block's SMILES", pl.col(bb).is_null()) for bb in BB_COLUMNS]
+    rules += [ColumnRule(bb, "a building block's SMILES", pl.col(bb).is_null()) for bb in BB_COLUMNS]
     rules.append(protein_rule())
-    rules.append(Rule(BINDS, "0 or 1", as_int(BINDS).is_null() | ~as_int(BINDS).is_in([0, 1])))
+    rules.append(ColumnRule(BINDS, "0 or 1", as_int(BINDS).is_null() | ~as_int(BINDS).is_in([0, 1])))
     return [rule for rule in rules if rule.column in columns]
 
 
@@ -202,7 +202,7 @@ def raw_rules(columns: list[str]) -> list[Rule]:
 class Breaches:
     """The rows of one file that break one rule: how many, and the first of them in file order."""
 
-    rule: Rule
+    rule: ColumnRule
     count: int = 0
     first_row: int = 0
     first_id: int | None = None
@@ -224,7 +224,7 @@ class Breaches:
         return f"{source}: column {self.rule.column!r} must be {self.rule.expected} on every row, found {found} at {where} ({rows})"
 
 
-def first_breach(frames: Iterator[pl.DataFrame], rules: list[Rule]) -> Breaches | None:
+def first_breach(frames: Iterator[pl.DataFrame], rules: list[ColumnRule]) -> Breaches | None:
     """The first rule (in ``rules`` order) that rows of ``frames`` (one file, in order) break, with its count."""
     tallies = [Breaches(rule) for rule in rules]
     offset = 0

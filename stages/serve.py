@@ -26,8 +26,8 @@ from stages.errors import InputError
 from stages.features import FeatureConfig
 from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, write_csv, write_parquet
 from stages.params import Params, workers
-from stages.predict import cached_model, predict_file
 from stages.raw_input import CSV_SUFFIXES, check_unique_ids, first_breach, id_rule, protein_rule
+from stages.scoring import cached_model, predict_file
 
 log = logging.getLogger("stages.serve")
 
@@ -68,10 +68,10 @@ def read_molecules(source: Path) -> pl.DataFrame:
         frame[ID].cast(pl.Int64) if ID in frame.columns else pl.Series(ID, range(len(frame)), dtype=pl.Int64)
     )
     check_unique_ids(iter([ids.to_numpy()]), len(ids), str(source))
-    return molecule_rows(frame[SMILES], frame[PROTEIN], ids)
+    return belka_rows(frame[SMILES], frame[PROTEIN], ids)
 
 
-def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
+def belka_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
     """BELKA-format rows; the building blocks are unknown and not needed to score."""
     return pl.DataFrame(
         {ID: ids, **{bb: [""] * len(ids) for bb in BB_COLUMNS}, SMILES: smiles, PROTEIN: proteins},
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace, params: Params) -> None:
         write_csv(submission, args.output)
         log.info("wrote %d predictions to %s", len(submission), args.output)
         return
-    raw = molecule_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
+    raw = belka_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
     submission, rejected = score_rows(raw, args.models, batch_rows, source="--protein")
     if len(rejected):
         raise InputError(f"--smiles {args.smiles!r}: {rejected['reason'][0]}")

@@ -60,7 +60,7 @@ def uniform_hash(keys: np.ndarray, seed: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Rule:
+class HoldOutRule:
     """How molecules are drawn into a held-out part: a fraction of building blocks held out, a fraction of the
     other molecules drawn at random. The split uses it with the split params; train draws its early-stopping part
     from the training rows with the same rule and its own fractions and seed."""
@@ -80,7 +80,7 @@ class Rule:
         return uniform_hash(keys, self.seed ^ salt)
 
     @classmethod
-    def of_split(cls, params: Split) -> Rule:
+    def of_split(cls, params: Split) -> HoldOutRule:
         return cls(
             held_out_building_blocks=params.held_out_building_blocks if params.method != "random" else 0.0,
             valid_fraction=params.valid_fraction if params.method != "building_blocks" else 0.0,
@@ -88,7 +88,7 @@ class Rule:
         )
 
 
-def unseen_blocks(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
+def unseen_blocks(rows: pl.DataFrame, rule: HoldOutRule) -> np.ndarray:
     """For each row, how many of its molecule's three positions hold a held-out building block (0 to 3)."""
     count = np.zeros(len(rows), dtype=np.int8)
     if rule.held_out_building_blocks > 0:
@@ -97,7 +97,7 @@ def unseen_blocks(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
     return count
 
 
-def drawn_at_random(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
+def drawn_at_random(rows: pl.DataFrame, rule: HoldOutRule) -> np.ndarray:
     """True for rows whose molecule the random draw takes (a function of the molecule's key alone)."""
     return rule.draw(rows[KEY].to_numpy(), MOLECULE_SALT) < rule.valid_fraction
 
@@ -110,7 +110,7 @@ class Assignment:
     unseen: np.ndarray  # int8, 0..3
 
 
-def assign(rows: pl.DataFrame, rule: Rule) -> Assignment:
+def assign(rows: pl.DataFrame, rule: HoldOutRule) -> Assignment:
     """Every molecule with a held-out block, and a random fraction of the others, is held; all rows of a molecule
     share its key and blocks, so they land on one side."""
     unseen = unseen_blocks(rows, rule)
@@ -159,7 +159,7 @@ class SplitOutput:
 
 
 def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
-    rule = Rule.of_split(params)
+    rule = HoldOutRule.of_split(params)
     counts = {side: SideCounts() for side in ("train", "valid")}
     by_group: dict[str, PartCounts] = {group: PartCounts() for group in ("share", "mixed", "non_share")}
     with atomic_dir(out.train) as train_tmp, atomic_dir(out.valid) as valid_tmp:

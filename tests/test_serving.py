@@ -15,9 +15,9 @@ import pytest
 from stages import predict
 from stages.errors import InputError
 from stages.featurize import featurize_file
+from stages.fitting import train_model
 from stages.model import load_model
-from stages.predict import predict_file
-from stages.train import train_model
+from stages.scoring import predict_file
 from tests.conftest import ROOT, MiniRun, project_env
 
 
