@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-from stages import engine, evaluate, featurize, generate, split, train  # noqa: E402
+from stages import engine, evaluate, featurize, fitting, generate, split  # noqa: E402
 from stages.io import write_parquet  # noqa: E402
 from stages.params import parse_params, workers  # noqa: E402
 
@@ -94,7 +94,7 @@ def run(base: dict, raw_train: Path, work: Path, configs: list[Config]) -> list[
             params = params_for(base, config)
             models, out = work / "models", work / "out"
             started = time.perf_counter()
-            result = train.train_model(params, parts.train, features, models, work / "live")
+            result = fitting.train_model(params, parts.train, features, models, work / "live")
             seconds = time.perf_counter() - started
             out.mkdir(exist_ok=True)
             files = evaluate.EvaluateOutput(out / "metrics.json", out / "summary.json", out / "plots")

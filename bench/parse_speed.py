@@ -98,9 +98,10 @@ def client_costs(source: Path, params_file: Path) -> dict[str, float]:
 
     from stages import chem
     from stages.featurize import KeySet, clean_batch, feature_config, new_molecules, row_frame
-    from stages.io import iter_raw_batches, write_parquet
+    from stages.io import write_parquet
     from stages.molecules import feature_frame
     from stages.params import load_params
+    from stages.raw_input import iter_raw_batches
 
     params = load_params(params_file)
     config = feature_config(params)

@@ -37,12 +37,9 @@ import polars as pl  # noqa: E402
 from bench.belka_gen import write_belka  # noqa: E402
 from bench.common import parse_size  # noqa: E402
 from stages.featurize import label_conflicts, label_counts  # noqa: E402
-from stages.io import (  # noqa: E402
-    BINDS,
+from stages.io import BINDS, ID, PROTEIN, SMILES  # noqa: E402
+from stages.raw_input import (  # noqa: E402
     CHECK_BATCH_ROWS,
-    ID,
-    PROTEIN,
-    SMILES,
     RawInput,
     check_raw_input,
     iter_raw_batches,

@@ -71,7 +71,13 @@ SETTINGS = {  # the README's settings for full BELKA
 SCENARIOS = ("from nothing", "A: append 10%", "B: xgb.max_depth=8", "C: new test data")
 TEST_SIDE = ("featurize@test", "predict")  # their rows are the test rows
 BELKA_TEST_MOLECULES = 878_022
-OPENMP_STAGES = ("train", "final", "learning_curve", "evaluate", "predict")  # XGBoost's threads: the main thread is one of them
+OPENMP_STAGES = (
+    "train",
+    "final",
+    "learning_curve",
+    "evaluate",
+    "predict",
+)  # XGBoost's threads: the main thread is one of them
 PROXIES = {"featurize@test": ("featurize@train", 3 * BELKA_TEST_MOLECULES)}  # stage -> (runs to fit, at rows)
 # Where more cores help (the projection's assumption): featurize's RDKit pool, XGBoost's threads (train, final,
 # predict and evaluate's scoring), polars' threads. Measured, not assumed: the CPU off the main thread.

@@ -19,7 +19,7 @@ def limit(params_file: str, split_dir: str, features_dir: str, model_dir: str) -
     from stages.model import JOINT, design_matrix, save_model
     from stages.molecules import MoleculeStore
     from stages.params import load_params, threads
-    from stages.train import FIT, fit_preprocessing, part_selections
+    from stages.train_rows import FIT, fit_preprocessing, part_selections
 
     params = load_params(params_file)
     store = MoleculeStore(Path(features_dir))

@@ -45,7 +45,9 @@ if str(ROOT) not in sys.path:
 
 import polars as pl  # noqa: E402
 
-from stages.io import SMILES, InputError, iter_raw_batches, write_parquet  # noqa: E402
+from stages.errors import InputError  # noqa: E402
+from stages.io import SMILES, write_parquet  # noqa: E402
+from stages.raw_input import iter_raw_batches  # noqa: E402
 
 WORK = Path("upgrade-check")
 SIDES = ("train", "test")
@@ -90,7 +92,7 @@ def molecule_chosen(smiles: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest, "little") < fraction * HASH_RANGE
 
 
-def sample_rows(rows: pl.DataFrame, fraction: float, seed: int) -> pl.DataFrame:
+def sample_molecules(rows: pl.DataFrame, fraction: float, seed: int) -> pl.DataFrame:
     """The rows of ``rows`` whose molecule is chosen, in their order (each distinct SMILES hashed once)."""
     molecules = rows[SMILES].unique(maintain_order=True)
     chosen = [molecule_chosen(smiles, fraction, seed) for smiles in molecules.to_list()]
@@ -104,7 +106,7 @@ def sample_input(source: Path, target: Path, fraction: float, seed: int, labelle
     rows_read = 0
     for batch in iter_raw_batches(source, SAMPLE_BATCH_ROWS, labelled):
         rows_read += len(batch)
-        kept.append(sample_rows(batch, fraction, seed))
+        kept.append(sample_molecules(batch, fraction, seed))
     sample = pl.concat(kept)
     if len(sample) == 0:
         raise CheckError(

@@ -1,19 +1,24 @@
-"""Logging, progress and command-line error handling: nothing here shapes an output.
+"""Every stage's command line: its options, logging, params loading and one-line errors (:class:`Command`); and the
+progress display. Nothing here shapes an output.
 
 No stage lists this module as a dep in ``dvc.yaml`` (``tests/test_dvc_yaml.py`` names it as output-neutral), so
-editing a log format, the progress display or an error message reruns no stage. Stage modules import it for their
-``main()`` only.
+editing an option's help, a log format, the progress display or an error message reruns no stage. Stage modules
+import it for their ``main()`` only.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from stages.params import Params, load_params
 
 log = logging.getLogger("stages")
 
@@ -57,8 +62,7 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
     import pyarrow as pa
 
     from stages import environment
-    from stages.io import ArtifactError, InputError, first_line
-    from stages.params import ParamsError
+    from stages.errors import ArtifactError, InputError, ParamsError, first_line
 
     try:
         environment.check()  # no output from versions that environment.yaml (and so dvc.lock) does not name
@@ -80,3 +84,64 @@ def run_main(body: Callable[..., Any], *args: Any) -> int:
         )
         return 1
     return 0
+
+
+# the help of options that several stages share
+TRAIN_FEATURES = "featurize output of the train data"
+MODELS = "the trained model's directory"
+SPLIT_SUMMARY = (
+    "the split's summary.json: the rows and positives by protein the memory estimate reads before any row "
+    "(default: counted from the rows' labels)"
+)
+
+Work = Callable[[argparse.Namespace, Params], object]
+
+
+class Command:
+    """A stage's command line, the same for every stage: ``python -m stages.<name>`` with its own options, plus
+    ``--params`` and ``-v``; then logging, params loaded and checked (:func:`stages.params.load_params`) and the
+    work, whose expected errors become one line on stderr and exit code 1 (:func:`run_main`)."""
+
+    def __init__(self, name: str, doc: str | None, epilog: str | None = None) -> None:
+        self.parser = argparse.ArgumentParser(
+            prog=f"python -m stages.{name}", description=(doc or "").split("\n\n")[0], epilog=epilog
+        )
+        self.parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        self.parser.add_argument(
+            "-v", "--verbose", action="store_true", help="log details, tracebacks on errors"
+        )
+
+    def option(self, *flags: str, **kwargs: Any) -> Command:
+        self.parser.add_argument(*flags, **kwargs)
+        return self
+
+    def paths(self, **helps: str) -> Command:
+        """Required path options, one a keyword: ``split_model="..."`` is ``--split-model PATH`` with that help."""
+        for name, help in helps.items():
+            self.parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True, help=help)
+        return self
+
+    def fit(self, rows: str, models: str) -> Command:
+        """The options of a fit (train, final): the rows, the train data's features, where the model goes, and
+        the split's summary for the memory estimate."""
+        self.paths(rows=rows, features=TRAIN_FEATURES, models=models)
+        return self.option("--split-summary", type=Path, help=SPLIT_SUMMARY)
+
+    def main(
+        self,
+        argv: list[str] | None,
+        work: Work,
+        check: Callable[[argparse.Namespace], str | None] | None = None,
+    ) -> int:
+        """Parse ``argv``; ``check`` returns what is wrong with a combination of options (a usage error), or None;
+        then :meth:`run`."""
+        args = self.parser.parse_args(argv)
+        problem = check(args) if check else None
+        if problem:
+            self.parser.error(problem)
+        return self.run(args, work)
+
+    def run(self, args: argparse.Namespace, work: Work) -> int:
+        """Log to stderr, load the params and do the work, with one-line errors."""
+        setup_logging(args.verbose)
+        return run_main(lambda: work(args, load_params(args.params)))

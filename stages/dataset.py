@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages.io import InputError, first_line, list_shards
+from stages.errors import InputError, first_line
+from stages.io import list_shards
 
 KEY = "molecule_key"
 BB_KEYS = ("bb1_key", "bb2_key", "bb3_key")

@@ -29,7 +29,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
-from stages.io import InputError
+from stages.errors import InputError
 from stages.params import Resources
 
 log = logging.getLogger("stages.engine")

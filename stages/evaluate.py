@@ -45,12 +45,14 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from stages.cli import progress, run_main, setup_logging
+from stages.atomic import atomic_dir
+from stages.cli import MODELS, TRAIN_FEATURES, Command, progress
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, count_rows, in_sorted, iter_row_batches
-from stages.io import BINDS, PROTEIN, InputError, atomic_dir, read_json, write_csv, write_json
+from stages.errors import InputError
+from stages.io import BINDS, PROTEIN, read_json, write_csv, write_json
 from stages.model import MANIFEST, Model, load_model
 from stages.molecules import MoleculeStore
-from stages.params import Evaluate, load_params
+from stages.params import Evaluate, Params
 from stages.split import uniform_hash
 
 log = logging.getLogger("stages.evaluate")
@@ -654,33 +656,30 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--train-rows", type=Path, required=True, help="the split's train part")
-    parser.add_argument("--valid-rows", type=Path, required=True, help="the split's valid part")
-    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
-    parser.add_argument("--models", type=Path, required=True, help="the split model (train's output)")
-    parser.add_argument(
-        "--half-model", type=Path, required=True, help="the half model (learning_curve's output)"
+def run(args: argparse.Namespace, params: Params) -> None:
+    out = EvaluateOutput(args.metrics, args.summary, args.plots)
+    metrics = evaluate(params.evaluate, args.train_rows, args.valid_rows, args.features, args.models, out,
+                       params.resources.evaluate_memory_mb, args.half_model)  # fmt: skip
+    log.info(
+        "%s", ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", *GROUPS, LEADERBOARD) if k in metrics)
     )
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON of comparable figures")
-    parser.add_argument("--summary", type=Path, required=True, help="JSON of counts and positive rates")
-    parser.add_argument("--plots", type=Path, required=True, help="directory of plot data")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
 
-    def body() -> None:
-        params = load_params(args.params)
-        out = EvaluateOutput(args.metrics, args.summary, args.plots)
-        metrics = evaluate(params.evaluate, args.train_rows, args.valid_rows, args.features, args.models, out,
-                           params.resources.evaluate_memory_mb, args.half_model)  # fmt: skip
-        log.info(
-            "%s", ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", *GROUPS, LEADERBOARD) if k in metrics)
+
+def main(argv: list[str] | None = None) -> int:
+    return (
+        Command("evaluate", __doc__)
+        .paths(
+            train_rows="the split's train part",
+            valid_rows="the split's valid part",
+            features=TRAIN_FEATURES,
+            models=MODELS,
+            half_model="the half model (learning_curve's output)",
+            metrics="JSON of comparable figures",
+            summary="JSON of counts and positive rates",
+            plots="directory of plot data",
         )
-
-    return run_main(body)
+        .main(argv, run)
+    )
 
 
 if __name__ == "__main__":

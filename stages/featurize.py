@@ -15,7 +15,7 @@ Rejected rows (invalid SMILES and the like) go to a separate CSV with the reason
 rejects CSV; unlabelled (test) data is featurized anyway, with a warning, since a submission needs every id (predict
 scores the rejected rows with a fallback). A problem of the file rather than of one row (a missing column, a null
 id, building block, protein or label, a label that is not 0 or 1, a repeated id) stops the stage before any work
-(``io.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
+(``raw_input.check_raw_input``). One molecule (after cleaning) and protein labelled both 0 and 1 follows
 ``featurize.conflicting_labels``, from passes over the raw rows before any RDKit work (:func:`check_input`):
 ``error`` refuses the input, ``any`` labels every row of the pair 1, ``drop`` leaves its rows out; the count is
 logged and kept in the manifest.
@@ -46,28 +46,14 @@ import numpy as np
 import polars as pl
 
 from stages import chem, engine, features
-from stages.cli import progress, run_main, setup_logging
+from stages.atomic import atomic_dir, atomic_file
+from stages.cli import Command, progress
 from stages.dataset import BB_KEYS, KEY, find_sorted, in_sorted
-from stages.io import (
-    BB_COLUMNS,
-    BINDS,
-    CHECK_BATCH_ROWS,
-    ID,
-    PROTEIN,
-    SMILES,
-    InputError,
-    RawInput,
-    atomic_dir,
-    atomic_file,
-    checked_input,
-    raw_columns,
-    read_batches,
-    shard_name,
-    write_json,
-    write_parquet,
-)
+from stages.errors import InputError
+from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, shard_name, write_json, write_parquet
 from stages.molecules import CHECK, FeatureCache, cache_namespace, feature_frame, molecule_schema
-from stages.params import Params, feature_cache_dir, load_params, workers
+from stages.params import Params, feature_cache_dir, workers
+from stages.raw_input import CHECK_BATCH_ROWS, RawInput, checked_input, raw_columns, read_batches
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -459,7 +445,7 @@ class CheckedInput:
 
 
 def check_input(source: Path, needs_binds: bool, opts: Options) -> CheckedInput:
-    """Everything that can refuse an input, before any RDKit work: the raw checks (``io.check_raw_input``), then,
+    """Everything that can refuse an input, before any RDKit work: the raw checks (``raw_input.check_raw_input``), then,
     for labelled data, the pairs labelled 1 (one pass over the raw rows) and, for ``featurize.conflicting_labels``
     error or drop, the pairs labelled both ways (a second pass), refused under error."""
     raw, columns = checked_input(source, needs_binds)
@@ -708,40 +694,36 @@ def finish_molecules(
     )
 
 
+def run(args: argparse.Namespace, params: Params) -> None:
+    rejects = args.rejects or args.output.with_name(args.output.name + "-rejects.csv")
+    needs_binds = args.side == "train" if args.side else BINDS in raw_columns(args.input)
+    featurize_file(args.input, args.output, rejects, params, needs_binds, args.cache)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.featurize",
-        description="Featurize a BELKA-format file: clean SMILES, RDKit features once per unique molecule.",
+    return (
+        Command(
+            "featurize",
+            "Featurize a BELKA-format file: clean SMILES, RDKit features once per unique molecule.",
+        )
+        .paths(
+            input="a BELKA-format parquet file, directory of parquet, or csv",
+            output="the output directory (written atomically)",
+        )
+        .option("--rejects", type=Path, help="CSV of rejected rows (default: <output>-rejects.csv)")
+        .option(
+            "--side",
+            choices=("train", "test"),
+            help="train: the binds column is required; test: it is not read (default: kept when present)",
+        )
+        .option(
+            "--cache",
+            type=Path,
+            help="feature cache directory (default: $BELKA_FEATURE_CACHE, resources.feature_cache, or the user's "
+            "cache)",
+        )
+        .main(argv, run)
     )
-    parser.add_argument(
-        "--input", type=Path, required=True, help="a BELKA-format parquet file, directory of parquet, or csv"
-    )
-    parser.add_argument(
-        "--output", type=Path, required=True, help="the output directory (written atomically)"
-    )
-    parser.add_argument("--rejects", type=Path, help="CSV of rejected rows (default: <output>-rejects.csv)")
-    parser.add_argument(
-        "--side",
-        choices=("train", "test"),
-        help="train: the binds column is required; test: it is not read (default: kept when present)",
-    )
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        help="feature cache directory (default: $BELKA_FEATURE_CACHE, resources.feature_cache, or the user's cache)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        rejects = args.rejects or args.output.with_name(args.output.name + "-rejects.csv")
-        needs_binds = args.side == "train" if args.side else BINDS in raw_columns(args.input)
-        featurize_file(args.input, args.output, rejects, params, needs_binds, args.cache)
-
-    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from stages.cli import run_main, setup_logging
-from stages.io import atomic_dir, read_json, write_json
+from stages.atomic import atomic_dir
+from stages.cli import Command
+from stages.fitting import FitPlan, train_model
+from stages.io import read_json, write_json
 from stages.model import MANIFEST, load_model
-from stages.params import Params, load_params
-from stages.train import SUMMARY_HELP, FitPlan, train_model
+from stages.params import Params
 
 log = logging.getLogger("stages.final")
 
@@ -69,29 +70,21 @@ def fit_final(
     return train_model(params, rows_dir, features_dir, model_dir, None, plan, summary)["fit"]
 
 
+def run(args: argparse.Namespace, params: Params) -> None:
+    fit = fit_final(params, args.rows, args.features, args.split_model, args.models, args.split_summary)
+    if params.train.final_fit:
+        log.info("final model on %d labelled rows (%s)", fit["labelled_rows"], fit["rows"])
+    else:
+        log.warning("train.final_fit is false: the final model is the split model (%s)", fit["rows"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.final", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--rows", type=Path, required=True, help="every labelled row: featurize's rows")
-    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
-    parser.add_argument("--split-model", type=Path, required=True, help="the split model (train's output)")
-    parser.add_argument(
-        "--models", type=Path, required=True, help="where the final model's JSON artifacts go"
+    return (
+        Command("final", __doc__)
+        .fit(rows="every labelled row: featurize's rows", models="where the final model's JSON artifacts go")
+        .paths(split_model="the split model (train's output)")
+        .main(argv, run)
     )
-    parser.add_argument("--split-summary", type=Path, help=SUMMARY_HELP)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        fit = fit_final(params, args.rows, args.features, args.split_model, args.models, args.split_summary)
-        if params.train.final_fit:
-            log.info("final model on %d labelled rows (%s)", fit["labelled_rows"], fit["rows"])
-        else:
-            log.warning("train.final_fit is false: the final model is the split model (%s)", fit["rows"])
-
-    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from stages import engine
-from stages.cli import run_main, setup_logging
+from stages.cli import Command
 from stages.io import BB_COLUMNS, BINDS, ID, PROTEIN, SMILES, write_parquet
-from stages.params import PROTEINS, Generate, load_params, workers
+from stages.params import PROTEINS, Generate, Params, workers
 
 log = logging.getLogger("stages.generate")
 
@@ -182,7 +182,7 @@ def build_libraries(params: Generate) -> tuple[Library, Library, Library]:
 
 
 @dataclass
-class Rule:
+class BindingRule:
     """The hidden structure-activity rule, per protein: a weight per substructure of building block 1, one weight per
     substructure shared by both amines, and for BRD4 a synergy of an aryl amine with an aryl-halide amine in either
     position. Swapping the two amines (the same molecule) gives the same score."""
@@ -202,7 +202,7 @@ class Rule:
         return additive + synergy + self.noise * noise
 
 
-def make_rule(params: Generate, libraries: tuple[Library, Library, Library]) -> Rule:
+def make_binding_rule(params: Generate, libraries: tuple[Library, Library, Library]) -> BindingRule:
     rng = np.random.default_rng([params.seed, 1])
     n_patterns = len(_SAR_SMARTS)
     weights = {p: rng.normal(0.0, 1.0, size=(2, n_patterns)) for p in PROTEINS}
@@ -210,7 +210,7 @@ def make_rule(params: Generate, libraries: tuple[Library, Library, Library]) -> 
     sample = _draw_combinations(np.random.default_rng([params.seed, 2]), libraries, 20_000, test_only=False)
     profiles = _profiles(libraries, sample)
     noise = np.random.default_rng([params.seed, 3]).normal(size=(len(PROTEINS), len(sample)))
-    rule = Rule(weights=weights, thresholds={})
+    rule = BindingRule(weights=weights, thresholds={})
     for k, protein in enumerate(PROTEINS):
         rate = min(params.positive_rate * RELATIVE_RATE[protein], 0.5)
         rule.thresholds[protein] = float(np.quantile(rule.scores(protein, profiles, noise[k]), 1.0 - rate))
@@ -286,7 +286,7 @@ def molecule_smiles(
     return [smiles for future in futures for smiles in future.result()]
 
 
-def molecule_rows(
+def generated_rows(
     libraries: tuple[Library, Library, Library],
     combos: np.ndarray,
     proteins: list[list[str]],
@@ -314,7 +314,7 @@ def molecule_rows(
 
 
 def labels_for(
-    params: Generate, libraries, rule: Rule, combos: np.ndarray, stream: int
+    params: Generate, libraries, rule: BindingRule, combos: np.ndarray, stream: int
 ) -> dict[str, np.ndarray]:
     profiles = _profiles(libraries, combos)
     out = {}
@@ -342,9 +342,9 @@ class Generated:
 def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
     """The train and test tables and the test labels; ``pool`` (a process pool) only makes it faster."""
     libraries = build_libraries(params)
-    rule = make_rule(params, libraries)
+    rule = make_binding_rule(params, libraries)
     train_combos = draw_molecules(params, libraries, "train", params.train_molecules)
-    train = molecule_rows(
+    train = generated_rows(
         libraries,
         train_combos,
         [list(PROTEINS)] * len(train_combos),
@@ -357,7 +357,7 @@ def generate_all(params: Generate, pool: Executor | None = None) -> Generated:
     single = np.random.default_rng([params.seed, 13]).integers(0, 3, size=len(unseen))
     shared_binds = labels_for(params, libraries, rule, shared, stream=21)
     unseen_binds = labels_for(params, libraries, rule, unseen, stream=22)
-    labelled = molecule_rows(
+    labelled = generated_rows(
         libraries,
         np.concatenate([shared, unseen]),
         [list(PROTEINS)] * len(shared) + [[PROTEINS[k]] for k in single],
@@ -402,41 +402,37 @@ def to_kaggle_table(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow().cast(schema)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--train", type=Path, required=True, help="the training parquet file to write")
-    parser.add_argument("--test", type=Path, required=True, help="the test parquet file to write")
-    parser.add_argument(
-        "--test-labels",
-        type=Path,
-        help="also write the test set's hidden labels (id, protein_name, binds, group): for a leaderboard only",
+def run(args: argparse.Namespace, params: Params) -> None:
+    with engine.executor("local", workers(params)) as pool:
+        data = generate_all(params.generate, pool)
+    write_parquet(to_kaggle_table(data.train), args.train)
+    write_parquet(to_kaggle_table(data.test), args.test)
+    log.info(
+        "wrote %d train rows (%d positives) and %d test rows",
+        len(data.train),
+        data.train[BINDS].sum(),
+        len(data.test),
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    if args.test_labels:
+        write_parquet(data.test_labels.to_arrow().cast(LABELS_SCHEMA), args.test_labels)
+        mixed = int((data.test_labels["group"] == "mixed").sum())
+        if mixed:
+            log.warning(
+                "%d test rows mix seen and unseen building blocks (group mixed): train is small", mixed
+            )
 
-    def body() -> None:
-        params = load_params(args.params)
-        with engine.executor("local", workers(params)) as pool:
-            data = generate_all(params.generate, pool)
-        write_parquet(to_kaggle_table(data.train), args.train)
-        write_parquet(to_kaggle_table(data.test), args.test)
-        log.info(
-            "wrote %d train rows (%d positives) and %d test rows",
-            len(data.train),
-            data.train[BINDS].sum(),
-            len(data.test),
+
+def main(argv: list[str] | None = None) -> int:
+    return (
+        Command("generate", __doc__)
+        .paths(train="the training parquet file to write", test="the test parquet file to write")
+        .option(
+            "--test-labels",
+            type=Path,
+            help="also write the test set's hidden labels (id, protein_name, binds, group): for a leaderboard only",
         )
-        if args.test_labels:
-            write_parquet(data.test_labels.to_arrow().cast(LABELS_SCHEMA), args.test_labels)
-            mixed = int((data.test_labels["group"] == "mixed").sum())
-            if mixed:
-                log.warning(
-                    "%d test rows mix seen and unseen building blocks (group mixed): train is small", mixed
-                )
-
-    return run_main(body)
+        .main(argv, run)
+    )
 
 
 if __name__ == "__main__":

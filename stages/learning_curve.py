@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages.cli import run_main, setup_logging
+from stages.atomic import atomic_dir, scratch_dir
+from stages.cli import Command
 from stages.dataset import KEY, iter_row_batches
-from stages.io import atomic_dir, scratch_dir, shard_name, write_json, write_parquet
+from stages.fitting import FitPlan, train_model
+from stages.io import shard_name, write_json, write_parquet
 from stages.model import MANIFEST, load_model
-from stages.params import Params, load_params
+from stages.params import Params
 from stages.split import uniform_hash
-from stages.train import FitPlan, train_model
 
 log = logging.getLogger("stages.learning_curve")
 
@@ -80,24 +81,21 @@ def fit_half(params: Params, rows_dir: Path, features_dir: Path, split_dir: Path
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def run(args: argparse.Namespace, params: Params) -> None:
+    fit_half(params, args.rows, args.features, args.split_model, args.models)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.learning_curve", description=__doc__.split("\n\n")[0]
+    return (
+        Command("learning_curve", __doc__)
+        .paths(
+            rows="the split's train part",
+            features="featurize output of the train data",
+            split_model="the split model (train's output)",
+            models="where the half model's JSON artifacts go",
+        )
+        .main(argv, run)
     )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--rows", type=Path, required=True, help="the split's train part")
-    parser.add_argument("--features", type=Path, required=True, help="featurize output of the train data")
-    parser.add_argument("--split-model", type=Path, required=True, help="the split model (train's output)")
-    parser.add_argument("--models", type=Path, required=True, help="where the half model's JSON artifacts go")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        fit_half(params, args.rows, args.features, args.split_model, args.models)
-
-    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ import polars as pl
 
 from stages import features
 from stages.dataset import read_rows
-from stages.io import BINDS, PROTEIN, InputError, list_shards
+from stages.errors import InputError
+from stages.io import BINDS, PROTEIN, list_shards
 from stages.molecules import read_manifest
 from stages.params import Params, Train, external_memory_dir
 

@@ -25,8 +25,9 @@ import xgboost as xgb
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from stages.environment import mismatch_message
+from stages.errors import ArtifactError, InputError, first_line
 from stages.features import spec_differences
-from stages.io import PROTEIN, ArtifactError, InputError, first_line, read_json, sha256_file, write_json
+from stages.io import PROTEIN, read_json, sha256_file, write_json
 from stages.molecules import MoleculeStore, spec_is_complete
 
 SCHEMA_VERSION = 3

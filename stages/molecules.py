@@ -34,8 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages import features
+from stages.atomic import atomic_file
 from stages.dataset import KEY, find_sorted
-from stages.io import PARQUET_OPTIONS, InputError, atomic_file, first_line, list_shards, manifest_version
+from stages.errors import InputError, first_line
+from stages.io import PARQUET_OPTIONS, list_shards, manifest_version
 
 log = logging.getLogger("stages.molecules")
 T = TypeVar("T")

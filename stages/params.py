@@ -13,13 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages import errors
+from stages.errors import ParamsError
+
 PARAMS_FILE = Path("params.yaml")
 PROTEINS = ("BRD4", "HSA", "sEH")
 DEFAULT_DESCRIPTORS = ("MolWt", "NumHDonors", "NumHAcceptors")  # the seed's MW, HBD and HBA
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or does not match the schema."""
 
 
 class Section(BaseModel):
@@ -35,7 +34,7 @@ class Inputs(Section):
     @model_validator(mode="after")
     def _distinct(self) -> Inputs:
         if os.path.normpath(self.train) == os.path.normpath(self.test):
-            raise ValueError("inputs.train and inputs.test must be different files")
+            raise ValueError(errors.SAME_INPUTS)
         return self
 
 
@@ -62,7 +61,7 @@ class Fingerprint(Section):
     @model_validator(mode="after")
     def _bytes(self) -> Fingerprint:
         if self.n_bits % 8:
-            raise ValueError(f"featurize.fingerprint.n_bits must be a multiple of 8, got {self.n_bits}")
+            raise ValueError(errors.n_bits_not_bytes(self.n_bits))
         return self
 
 
@@ -84,19 +83,15 @@ class Featurize(Section):
         allowed = [name for name, _ in Descriptors._descList]
         unknown = [name for name in names if name not in allowed]
         if unknown:
-            raise ValueError(
-                f"unknown RDKit descriptor(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-            )
+            raise ValueError(errors.unknown_descriptors(unknown, allowed))
         if len(set(names)) != len(names):
-            raise ValueError(f"descriptors must not repeat, got {list(names)}")
+            raise ValueError(errors.repeated_descriptors(names))
         return names
 
     @model_validator(mode="after")
     def _some_feature(self) -> Featurize:
         if not self.descriptors and self.fingerprint.type == "none":
-            raise ValueError(
-                "featurize needs at least one descriptor or a fingerprint (fingerprint.type is none)"
-            )
+            raise ValueError(errors.NO_FEATURES)
         return self
 
 
@@ -120,9 +115,9 @@ class Split(Section):
     def _enough_to_train(self) -> Split:
         if self.train_fraction() < 0.3:
             raise ValueError(
-                f"split.held_out_building_blocks={self.held_out_building_blocks} and split.valid_fraction="
-                f"{self.valid_fraction} with method={self.method} leave about {self.train_fraction():.0%} of the "
-                "molecules to train on (at least 30% needed); lower one of them"
+                errors.too_little_to_train(
+                    self.held_out_building_blocks, self.valid_fraction, self.method, self.train_fraction()
+                )
             )
         return self
 
@@ -160,11 +155,7 @@ class Train(Section):
     @model_validator(mode="after")
     def _one_sampling(self) -> Train:
         if self.negatives_per_positive is not None and self.negative_sample_rate != 1.0:
-            raise ValueError(
-                "train.negative_sample_rate and train.negatives_per_positive both sample negatives: set one "
-                f"(negative_sample_rate={self.negative_sample_rate}, negatives_per_positive="
-                f"{self.negatives_per_positive}); negative_sample_rate: 1.0 keeps every negative"
-            )
+            raise ValueError(errors.two_samplings(self.negative_sample_rate, self.negatives_per_positive))
         return self
 
 
@@ -191,10 +182,7 @@ class XGB(Section):
     @classmethod
     def _hist_only(cls, value: object) -> object:
         if value in ("approx", "exact", "auto"):
-            raise ValueError(
-                f"tree_method {value!r} cannot train on the streamed QuantileDMatrix train builds (XGBoost: "
-                "'Only hist tree method can use QuantileDMatrix'); use hist"
-            )
+            raise ValueError(errors.not_hist(value))
         return value
 
     def classifier_kwargs(self, threads: int) -> dict[str, Any]:
@@ -273,10 +261,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _cross_section(self) -> Params:
         if self.train.distributed_workers and self.train.data_mode == "external":
-            raise ValueError(
-                "train.distributed_workers > 0 keeps each rank's part in an in-memory QuantileDMatrix; "
-                "it needs train.data_mode=in_memory"
-            )
+            raise ValueError(errors.DISTRIBUTED_EXTERNAL)
         return self
 
 
@@ -323,9 +308,7 @@ def _describe_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
 
 def parse_params(raw: Any, source: str = str(PARAMS_FILE)) -> Params:
     if not isinstance(raw, dict):
-        raise ParamsError(
-            f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}"
-        )
+        raise ParamsError(errors.params_not_a_mapping(source, raw))
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -338,13 +321,13 @@ def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ParamsError(f"{path}: not found (run from the repository root, or pass --params)") from None
+        raise ParamsError(errors.params_not_found(path)) from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except _DuplicateKey as exc:
         raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(errors.params_not_yaml(path, exc)) from None
     return parse_params(raw, str(path))
 
 
@@ -361,6 +344,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 lines = f"lines {seen[key] + 1} and {key_node.start_mark.line + 1}"
-                raise _DuplicateKey(f"key {key!r} appears twice ({lines}): YAML would keep the last silently")
+                raise _DuplicateKey(errors.duplicate_key(key, lines))
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)

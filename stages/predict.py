@@ -13,153 +13,60 @@ predict stage depends on the model and the features, never on the chemistry code
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import logging
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
-from stages import engine
-from stages.cli import progress, run_main, setup_logging
-from stages.dataset import count_rows, read_rows
-from stages.io import (
-    ID,
-    PROTEIN,
-    InputError,
-    list_shards,
-    manifest_version,
-    write_csv,
-)
-from stages.model import Model, load_model
-from stages.molecules import cached_store
-from stages.params import load_params, workers
+from stages.cli import MODELS, Command
+from stages.io import write_csv
+from stages.params import Params, workers
+from stages.scoring import cached_model, predict_file
 
 log = logging.getLogger("stages.predict")
 
-PREDICT_EVENTS = "belka-predict"  # Dask event topic: each shard as a worker starts scoring it
 
-
-def fallback_predictions(rejects: pl.DataFrame, model: Model) -> pl.DataFrame:
-    """Rejected rows get their protein's positive rate in the training data (the best guess without features)."""
-    base_rate = model.manifest["base_rate"]
-    model.check_proteins(rejects[PROTEIN], "rejected test rows")
-    probs = np.array([base_rate[p] for p in rejects[PROTEIN].to_list()], dtype=np.float64)
-    return pl.DataFrame({ID: rejects[ID], "binds": probs})
-
-
-@functools.lru_cache(maxsize=2)
-def _model(directory: Path, _version: int) -> Model:
-    return load_model(directory)
-
-
-def cached_model(directory: Path) -> Model:
-    """The model, loaded (and its artifacts verified) once per process while its manifest is unchanged."""
-    return _model(Path(directory), manifest_version(directory))
-
-
-def score_shard(shard: Path, features_dir: Path, model_dir: Path, batch_rows: int) -> pl.DataFrame:
-    """``id,binds`` for the rows of one featurized shard: a pure function of files, so it runs the same in this
-    process or on a Dask worker (which then needs the features and the model on a shared filesystem)."""
-    engine.report(PREDICT_EVENTS, shard=shard.name)
-    model, store = cached_model(model_dir), cached_store(features_dir)
-    rows = read_rows(shard, [ID, "molecule_key", PROTEIN])
-    model.check_proteins(rows[PROTEIN], str(shard))
-    parts = [
-        pl.DataFrame({ID: batch[ID], "binds": model.predict(batch, store)})
-        for batch in rows.iter_slices(batch_rows)
-    ]
-    return pl.concat(parts) if parts else pl.DataFrame(schema={ID: pl.Int64, "binds": pl.Float64})
-
-
-def predict_file(
-    features_dir: Path,
-    rejects_file: Path | None,
-    model_dir: Path,
-    batch_rows: int,
-    engine_name: str = "local",
-    n_workers: int = 1,
-    worker_wait: float = engine.DEFAULT_WORKER_WAIT,
-) -> pl.DataFrame:
-    """The submission for a featurized file: every shard scored (here, or on the Dask cluster with
-    ``engine_name="dask"``: the same function, the same bytes), plus the rejected rows at their base rate. On
-    Dask, a lost worker's shards are scored again by the others; a cluster left without workers for
-    ``worker_wait`` seconds, or a shard that kills its workers, fails the run with one error."""
-    model = cached_model(model_dir)
-    model.check_features(cached_store(features_dir))  # once, here: the shards are scored with the same files
-    shards = list_shards(features_dir / "rows")
-    bar = progress("predict", count_rows(features_dir / "rows"))
-    with engine.executor(engine_name, n_workers if engine_name == "dask" else 1, worker_wait) as pool:
-        if pool is None:
-            results = (score_shard(shard, features_dir, model_dir, batch_rows) for shard in shards)
-        else:
-            futures = [
-                pool.submit(score_shard, s.resolve(), features_dir.resolve(), model_dir.resolve(), batch_rows)
-                for s in shards
-            ]
-            results = (future.result() for future in futures)
-        parts = []
-        for part in results:
-            parts.append(part)
-            bar.update(len(part))
-    bar.close()
-    if rejects_file is not None and rejects_file.exists():
-        rejects = pl.read_csv(rejects_file, schema_overrides={ID: pl.Int64, PROTEIN: pl.String})
-        if len(rejects):
-            log.warning("%d rejected rows get their protein's base rate (see %s)", len(rejects), rejects_file)
-            parts.append(fallback_predictions(rejects, model))
-    submission = pl.concat(parts) if parts else pl.DataFrame(schema={ID: pl.Int64, "binds": pl.Float64})
-    duplicated = submission.filter(pl.col(ID).is_duplicated())
-    if len(duplicated):
-        raise InputError(f"{features_dir}: duplicate id(s) {duplicated[ID].unique().head(5).to_list()}")
-    return submission.sort(ID)
+def run(args: argparse.Namespace, params: Params) -> None:
+    submission = predict_file(
+        args.features,
+        args.rejects,
+        args.models,
+        params.resources.batch_rows,
+        params.resources.engine,
+        workers(params),
+        params.resources.worker_wait,
+    )
+    write_csv(submission, args.output)
+    log.info(
+        "wrote %d predictions to %s with %s",
+        len(submission),
+        args.output,
+        cached_model(args.models).description,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.predict",
-        description=__doc__.split("\n\n")[0],
-        epilog="On demand (--smiles S --protein P, or --input FILE --output CSV): the options of "
-        "python -m stages.serve, which this command runs when --features is not given.",
+    command = (
+        Command(
+            "predict",
+            __doc__,
+            epilog="On demand (--smiles S --protein P, or --input FILE --output CSV): the options of "
+            "python -m stages.serve, which this command runs when --features is not given.",
+        )
+        .paths(models=MODELS)
+        .option("--features", type=Path, help="featurize output of the test data")
+        .option("--rejects", type=Path, help="featurize's rejects of the test data")
+        .option("--output", type=Path, help="the submission CSV to write (id,binds)")
     )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--models", type=Path, required=True, help="the trained model's directory")
-    parser.add_argument("--features", type=Path, help="featurize output of the test data")
-    parser.add_argument("--rejects", type=Path, help="featurize's rejects of the test data")
-    parser.add_argument("--output", type=Path, help="the submission CSV to write (id,binds)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args, on_demand = parser.parse_known_args(argv)
+    args, on_demand = command.parser.parse_known_args(argv)
     if (
         args.features is None
     ):  # on demand: stages.serve, imported only here (the pipeline stage never needs it)
         return importlib.import_module("stages.serve").main(argv)
     if on_demand:
-        parser.error(f"unrecognized arguments with --features: {' '.join(on_demand)}")
+        command.parser.error(f"unrecognized arguments with --features: {' '.join(on_demand)}")
     if not args.output:
-        parser.error("--features needs --output")
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        params = load_params(args.params)
-        submission = predict_file(
-            args.features,
-            args.rejects,
-            args.models,
-            params.resources.batch_rows,
-            params.resources.engine,
-            workers(params),
-            params.resources.worker_wait,
-        )
-        write_csv(submission, args.output)
-        log.info(
-            "wrote %d predictions to %s with %s",
-            len(submission),
-            args.output,
-            cached_model(args.models).description,
-        )
-
-    return run_main(body)
+        command.parser.error("--features needs --output")
+    return command.run(args, run)
 
 
 if __name__ == "__main__":

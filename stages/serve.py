@@ -21,24 +21,13 @@ from pathlib import Path
 import polars as pl
 
 from stages import featurize
-from stages.cli import run_main, setup_logging
+from stages.cli import MODELS, Command
+from stages.errors import InputError
 from stages.features import FeatureConfig
-from stages.io import (
-    BB_COLUMNS,
-    CSV_SUFFIXES,
-    ID,
-    PROTEIN,
-    SMILES,
-    InputError,
-    check_unique_ids,
-    first_breach,
-    id_rule,
-    protein_rule,
-    write_csv,
-    write_parquet,
-)
-from stages.params import load_params, workers
-from stages.predict import cached_model, predict_file
+from stages.io import BB_COLUMNS, ID, PROTEIN, SMILES, write_csv, write_parquet
+from stages.params import Params, workers
+from stages.raw_input import CSV_SUFFIXES, check_unique_ids, first_breach, id_rule, protein_rule
+from stages.scoring import cached_model, predict_file
 
 log = logging.getLogger("stages.serve")
 
@@ -79,10 +68,10 @@ def read_molecules(source: Path) -> pl.DataFrame:
         frame[ID].cast(pl.Int64) if ID in frame.columns else pl.Series(ID, range(len(frame)), dtype=pl.Int64)
     )
     check_unique_ids(iter([ids.to_numpy()]), len(ids), str(source))
-    return molecule_rows(frame[SMILES], frame[PROTEIN], ids)
+    return belka_rows(frame[SMILES], frame[PROTEIN], ids)
 
 
-def molecule_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
+def belka_rows(smiles: pl.Series, proteins: pl.Series, ids: pl.Series) -> pl.DataFrame:
     """BELKA-format rows; the building blocks are unknown and not needed to score."""
     return pl.DataFrame(
         {ID: ids, **{bb: [""] * len(ids) for bb in BB_COLUMNS}, SMILES: smiles, PROTEIN: proteins},
@@ -117,40 +106,41 @@ def score_rows(
         return predict_file(features, rejects, model_dir, batch_rows), rejected
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--models", type=Path, required=True, help="the trained model's directory")
-    parser.add_argument("--smiles", help="one molecule_smiles as BELKA writes it (with [Dy])")
-    parser.add_argument("--protein", help="the protein to score --smiles against (BRD4, HSA or sEH)")
-    parser.add_argument("--input", type=Path, help="parquet or CSV with molecule_smiles, protein_name[, id]")
-    parser.add_argument("--output", type=Path, help="the submission-format CSV to write (id,binds)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+def run(args: argparse.Namespace, params: Params) -> None:
+    batch_rows = params.resources.batch_rows
+    if args.input:
+        molecules = read_molecules(args.input)
+        submission, _ = score_rows(molecules, args.models, batch_rows, workers(params), str(args.input))
+        write_csv(submission, args.output)
+        log.info("wrote %d predictions to %s", len(submission), args.output)
+        return
+    raw = belka_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
+    submission, rejected = score_rows(raw, args.models, batch_rows, source="--protein")
+    if len(rejected):
+        raise InputError(f"--smiles {args.smiles!r}: {rejected['reason'][0]}")
+    print(repr(float(submission["binds"][0])), file=sys.stdout)
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
     if (args.smiles is None) == (args.input is None):
-        parser.error("give one of --smiles with --protein, or --input with --output")
+        return "give one of --smiles with --protein, or --input with --output"
     if args.input and not args.output:
-        parser.error("--input needs --output")
+        return "--input needs --output"
     if args.smiles is not None and not args.protein:
-        parser.error("--smiles needs --protein")
+        return "--smiles needs --protein"
+    return None
 
-    def body() -> None:
-        params = load_params(args.params)
-        batch_rows = params.resources.batch_rows
-        if args.input:
-            molecules = read_molecules(args.input)
-            submission, _ = score_rows(molecules, args.models, batch_rows, workers(params), str(args.input))
-            write_csv(submission, args.output)
-            log.info("wrote %d predictions to %s", len(submission), args.output)
-            return
-        raw = molecule_rows(pl.Series([args.smiles]), pl.Series([args.protein]), pl.Series([0]))
-        submission, rejected = score_rows(raw, args.models, batch_rows, source="--protein")
-        if len(rejected):
-            raise InputError(f"--smiles {args.smiles!r}: {rejected['reason'][0]}")
-        print(repr(float(submission["binds"][0])), file=sys.stdout)
 
-    return run_main(body)
+def main(argv: list[str] | None = None) -> int:
+    return (
+        Command("serve", __doc__)
+        .paths(models=MODELS)
+        .option("--smiles", help="one molecule_smiles as BELKA writes it (with [Dy])")
+        .option("--protein", help="the protein to score --smiles against (BRD4, HSA or sEH)")
+        .option("--input", type=Path, help="parquet or CSV with molecule_smiles, protein_name[, id]")
+        .option("--output", type=Path, help="the submission-format CSV to write (id,binds)")
+        .main(argv, run, check=usage_problem)
+    )
 
 
 if __name__ == "__main__":

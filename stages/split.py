@@ -36,10 +36,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages.cli import run_main, setup_logging
+from stages.atomic import atomic_dir
+from stages.cli import Command
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, iter_row_batches
-from stages.io import BINDS, PROTEIN, InputError, atomic_dir, shard_name, write_json, write_parquet
-from stages.params import Split, load_params
+from stages.errors import InputError
+from stages.io import BINDS, PROTEIN, shard_name, write_json, write_parquet
+from stages.params import Params, Split
 
 log = logging.getLogger("stages.split")
 
@@ -58,7 +60,7 @@ def uniform_hash(keys: np.ndarray, seed: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Rule:
+class HoldOutRule:
     """How molecules are drawn into a held-out part: a fraction of building blocks held out, a fraction of the
     other molecules drawn at random. The split uses it with the split params; train draws its early-stopping part
     from the training rows with the same rule and its own fractions and seed."""
@@ -78,7 +80,7 @@ class Rule:
         return uniform_hash(keys, self.seed ^ salt)
 
     @classmethod
-    def of_split(cls, params: Split) -> Rule:
+    def of_split(cls, params: Split) -> HoldOutRule:
         return cls(
             held_out_building_blocks=params.held_out_building_blocks if params.method != "random" else 0.0,
             valid_fraction=params.valid_fraction if params.method != "building_blocks" else 0.0,
@@ -86,7 +88,7 @@ class Rule:
         )
 
 
-def unseen_blocks(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
+def unseen_blocks(rows: pl.DataFrame, rule: HoldOutRule) -> np.ndarray:
     """For each row, how many of its molecule's three positions hold a held-out building block (0 to 3)."""
     count = np.zeros(len(rows), dtype=np.int8)
     if rule.held_out_building_blocks > 0:
@@ -95,7 +97,7 @@ def unseen_blocks(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
     return count
 
 
-def drawn_at_random(rows: pl.DataFrame, rule: Rule) -> np.ndarray:
+def drawn_at_random(rows: pl.DataFrame, rule: HoldOutRule) -> np.ndarray:
     """True for rows whose molecule the random draw takes (a function of the molecule's key alone)."""
     return rule.draw(rows[KEY].to_numpy(), MOLECULE_SALT) < rule.valid_fraction
 
@@ -108,7 +110,7 @@ class Assignment:
     unseen: np.ndarray  # int8, 0..3
 
 
-def assign(rows: pl.DataFrame, rule: Rule) -> Assignment:
+def assign(rows: pl.DataFrame, rule: HoldOutRule) -> Assignment:
     """Every molecule with a held-out block, and a random fraction of the others, is held; all rows of a molecule
     share its key and blocks, so they land on one side."""
     unseen = unseen_blocks(rows, rule)
@@ -157,7 +159,7 @@ class SplitOutput:
 
 
 def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
-    rule = Rule.of_split(params)
+    rule = HoldOutRule.of_split(params)
     counts = {side: SideCounts() for side in ("train", "valid")}
     by_group: dict[str, PartCounts] = {group: PartCounts() for group in ("share", "mixed", "non_share")}
     with atomic_dir(out.train) as train_tmp, atomic_dir(out.valid) as valid_tmp:
@@ -187,25 +189,22 @@ def split_rows(rows_dir: Path, out: SplitOutput, params: Split) -> dict:
     return summary
 
 
+def run(args: argparse.Namespace, params: Params) -> None:
+    summary = split_rows(args.rows, SplitOutput(args.train, args.valid, args.summary), params.split)
+    log.info("%s split: %s", summary["method"], summary["valid_groups"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.split", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument(
-        "--rows", type=Path, required=True, help="the rows/ of the train data's featurize output"
+    return (
+        Command("split", __doc__)
+        .paths(
+            rows="the rows/ of the train data's featurize output",
+            train="the train part's directory",
+            valid="the valid part's directory",
+            summary="the JSON of counts",
+        )
+        .main(argv, run)
     )
-    parser.add_argument("--train", type=Path, required=True, help="the train part's directory")
-    parser.add_argument("--valid", type=Path, required=True, help="the valid part's directory")
-    parser.add_argument("--summary", type=Path, required=True, help="the JSON of counts")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        output = SplitOutput(args.train, args.valid, args.summary)
-        summary = split_rows(args.rows, output, load_params(args.params).split)
-        log.info("%s split: %s", summary["method"], summary["valid_groups"])
-
-    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ MINI_PARAMS = {
 def mini_run(tmp_path_factory: pytest.TempPathFactory) -> MiniRun:
     """generate, featurize, split, train and predict called in-process on 1,800 rows: seconds, not a dvc repro.
     Tests must not modify it (copy what they change)."""
-    from stages import featurize, generate, predict, split, train
+    from stages import featurize, fitting, generate, predict, split
     from stages.io import write_csv, write_parquet
 
     raw = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), copy.deepcopy(MINI_PARAMS))
@@ -241,7 +241,7 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> MiniRun:
                              True, cache)  # fmt: skip
     featurize.featurize_file(run.raw_test, run.test_features, run.test_rejects, run.params, False, cache)
     split.split_rows(run.features / "rows", split.SplitOutput.under(run.split), run.params.split)
-    train.train_model(run.params, run.split / "train", run.features, run.models, run.root / "live")
+    fitting.train_model(run.params, run.split / "train", run.features, run.models, run.root / "live")
     submission = predict.predict_file(run.test_features, run.test_rejects, run.models, 1000)
     write_csv(submission, run.submission)
     return run

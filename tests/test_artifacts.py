@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.io import ArtifactError
+from stages.errors import ArtifactError
 from stages.model import SCHEMA_VERSION, load_model
 from tests.conftest import ROOT, MiniRun, project_env
 

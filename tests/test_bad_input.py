@@ -20,12 +20,13 @@ import pytest
 import yaml
 
 from stages import cli
+from stages.atomic import atomic_file
+from stages.errors import ArtifactError, InputError
 from stages.featurize import featurize_file
-from stages.io import ArtifactError, InputError, atomic_file
 from stages.model import load_model
 from stages.molecules import MoleculeStore
 from stages.params import Params, parse_params
-from stages.predict import predict_file
+from stages.scoring import predict_file
 from tests.conftest import ROOT, SMALL_PARAMS, MiniRun, deep_update, project_env, tree_hashes
 from tests.test_artifacts import edit_json
 from tests.test_serving import predict_main

@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 import yaml
 
+from stages.errors import InputError
 from stages.featurize import featurize_file
-from stages.io import InputError
 from tests.conftest import Repo, make_repo
 from tests.test_bad_input import SHUFFLED_IDS, make_params, raw_frame
 

@@ -12,7 +12,7 @@ import polars as pl
 import xgboost as xgb
 import yaml
 
-from stages import train
+from stages import fit_dask, fitting, train_rows
 from stages.io import list_shards
 from stages.molecules import MoleculeStore
 from stages.params import threads
@@ -33,9 +33,13 @@ def train_cli(
 
 
 def test_share_out_gives_each_rank_a_contiguous_run_in_order():
-    assert train.share_out(list("abcde"), 2) == [("a", "b", "c"), ("d", "e")]  # i * 2 // 5: 0 0 0 1 1
-    assert train.share_out(list("abcd"), 4) == [("a",), ("b",), ("c",), ("d",)]
-    assert train.share_out(list("ab"), 3) == [("a",), ("b",), ()]  # i * 3 // 2: 0 1; rank 2 trains on nothing
+    assert fit_dask.share_out(list("abcde"), 2) == [("a", "b", "c"), ("d", "e")]  # i * 2 // 5: 0 0 0 1 1
+    assert fit_dask.share_out(list("abcd"), 4) == [("a",), ("b",), ("c",), ("d",)]
+    assert fit_dask.share_out(list("ab"), 3) == [
+        ("a",),
+        ("b",),
+        (),
+    ]  # i * 3 // 2: 0 1; rank 2 trains on nothing
 
 
 def test_partitions_cover_every_selected_row_once_in_the_local_order(mini_run: MiniRun):
@@ -44,13 +48,13 @@ def test_partitions_cover_every_selected_row_once_in_the_local_order(mini_run: M
     rows_dir = mini_run.split / "train"
     every_row = pl.concat([pl.read_parquet(shard) for shard in list_shards(rows_dir)])
     for protein in (None, "BRD4"):
-        selection = train.RowSelection(rule=None, part=train.FIT, protein=protein, rates=(), seed=0)
-        parts = train.partitions(rows_dir, 1000, selection)
-        read = pl.concat(train.PartitionSource(tuple(parts), selection, 0, "test").batches())
+        selection = train_rows.RowSelection(rule=None, part=train_rows.FIT, protein=protein, rates=(), seed=0)
+        parts = fit_dask.partitions(rows_dir, 1000, selection)
+        read = pl.concat(fit_dask.PartitionSource(tuple(parts), selection, 0, "test").batches())
         expected = every_row if protein is None else every_row.filter(pl.col("protein_name") == protein)
         assert read.drop("weight").equals(expected)
         one_by_one = [
-            len(pl.concat(train.PartitionSource((p,), selection, 0, "test").batches())) for p in parts
+            len(pl.concat(fit_dask.PartitionSource((p,), selection, 0, "test").batches())) for p in parts
         ]
         assert [part.rows for part in parts] == one_by_one
         assert all(part.stop - part.start <= 1000 for part in parts)
@@ -64,26 +68,30 @@ def test_one_rank_of_the_collective_trains_the_single_machine_model(mini_run: Mi
     params = with_train(mini_run.params, model="per_protein", early_stopping=quick_stopping(mini_run.params))
     settings = params.train
     rows_dir = mini_run.split / "train"
-    train.train_model(
+    fitting.train_model(
         params, rows_dir, mini_run.features, tmp_path / "local", tmp_path / "live"
     )  # one machine
     booster_params = xgb.XGBClassifier(**params.xgb.classifier_kwargs(threads(params))).get_xgb_params()
     store = MoleculeStore(mini_run.features)
-    prep = train.fit_preprocessing(params, rows_dir, store)
-    selections = train.part_selections(params, prep, "BRD4")
-    assert set(selections) == {train.FIT, train.STOP_SHARE, train.STOP_UNSEEN}  # the early-stopping parts too
+    prep = train_rows.fit_preprocessing(params, rows_dir, store)
+    selections = train_rows.part_selections(params, prep, "BRD4")
+    assert set(selections) == {
+        train_rows.FIT,
+        train_rows.STOP_SHARE,
+        train_rows.STOP_UNSEEN,
+    }  # the early-stopping parts too
     n_features = len(store.descriptors) + store.n_bits  # a per-protein booster: no one-hot protein
-    setup = train.RankSetup(mini_run.features, None, prep.scaler, booster_params, params, n_features)
-    (work,) = train.plan_ranks(
+    setup = fit_dask.RankSetup(mini_run.features, None, prep.scaler, booster_params, params, n_features)
+    (work,) = fit_dask.plan_ranks(
         settings.model_copy(update={"distributed_workers": 1}), rows_dir, setup, selections
     )
-    with train.rabit_tracker("127.0.0.1", 1) as collective:
-        result = train.train_rank(work, collective, "test")
+    with fit_dask.rabit_tracker("127.0.0.1", 1) as collective:
+        result = fit_dask.train_rank(work, collective, "test")
     result.booster.save_model(str(tmp_path / "model.json"))
     assert (tmp_path / "model.json").read_bytes() == (tmp_path / "local" / "model-BRD4.json").read_bytes()
     assert result.best_iteration < result.rounds - 1  # it stopped early, and kept the best round's trees
     fit_rows = sum(
-        len(selections[train.FIT].apply(pl.read_parquet(shard))) for shard in list_shards(rows_dir)
+        len(selections[train_rows.FIT].apply(pl.read_parquet(shard))) for shard in list_shards(rows_dir)
     )
     assert result.rows == fit_rows
 

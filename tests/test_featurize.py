@@ -15,8 +15,8 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors
 
 from stages import chem
+from stages.atomic import atomic_file
 from stages.featurize import KeyCollisionError, featurize_file
-from stages.io import atomic_file
 from tests.conftest import ROOT, project_env, tree_hashes
 from tests.test_bad_input import make_params, raw_frame
 
@@ -136,7 +136,7 @@ def test_descriptors_are_configurable(tmp_path):
 HOLD = """
 import sys, time
 from pathlib import Path
-from stages.io import atomic_file
+from stages.atomic import atomic_file
 with atomic_file(Path(sys.argv[1])) as tmp:
     tmp.write_bytes(b"half-written by a live writer")
     Path(sys.argv[2]).write_text(str(tmp))

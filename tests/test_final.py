@@ -12,10 +12,11 @@ import polars as pl
 import xgboost as xgb
 
 from stages import final, predict, split
+from stages.fitting import train_model
 from stages.io import write_parquet
 from stages.model import load_model
 from stages.params import Params
-from stages.train import EARLY_STOPPING_STREAM, inner_rule, part_of, train_model
+from stages.train_rows import EARLY_STOPPING_STREAM, inner_rule, part_of
 from tests.conftest import MiniRun
 from tests.test_train import with_train
 
@@ -128,7 +129,7 @@ def test_early_stopping_with_the_split_seed_still_draws_an_inner_part_and_stops(
 
     rule = inner_rule(params)
     assert rule.stream == EARLY_STOPPING_STREAM and rule.seed == seed
-    on_the_split_stream = split.Rule(rule.held_out_building_blocks, rule.valid_fraction, seed)
+    on_the_split_stream = split.HoldOutRule(rule.held_out_building_blocks, rule.valid_fraction, seed)
     assert (part_of(rows, on_the_split_stream) == "fit").all()  # the bug: nothing left to stop on
     parts = part_of(rows, rule)
     held = (parts != "fit").mean()

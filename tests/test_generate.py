@@ -104,11 +104,18 @@ def test_positions_2_and_3_draw_from_one_amine_pool_and_test_only_molecules_use_
 
 
 def test_the_rule_scores_a_molecule_the_same_with_its_amines_swapped():
-    from stages.generate import PROTEINS, Rule, _profiles, build_libraries, draw_molecules, make_rule
+    from stages.generate import (
+        PROTEINS,
+        BindingRule,
+        _profiles,
+        build_libraries,
+        draw_molecules,
+        make_binding_rule,
+    )
 
     params = Generate(**BASE)
     libraries = build_libraries(params)
-    rule = make_rule(params, libraries)
+    rule = make_binding_rule(params, libraries)
     profiles = _profiles(libraries, draw_molecules(params, libraries, "train", 600))
     swapped = profiles[:, [0, 2, 1]]
     assert not np.array_equal(profiles, swapped)  # the draws do differ in their amines
@@ -120,7 +127,7 @@ def test_the_rule_scores_a_molecule_the_same_with_its_amines_swapped():
             scores, rule.scores(protein, profiles[:, [1, 0, 2]], noise)
         )  # position 1 differs
     # The BRD4 synergy by hand: an aryl amine (pattern 4) with an aryl-halide amine (pattern 0), in either order.
-    zero = Rule(weights={p: np.zeros((2, profiles.shape[2])) for p in PROTEINS}, thresholds={})
+    zero = BindingRule(weights={p: np.zeros((2, profiles.shape[2])) for p in PROTEINS}, thresholds={})
     pair = np.zeros((2, 3, profiles.shape[2]))
     pair[0, 1, 4] = pair[0, 2, 0] = 1.0  # aryl in position 2, aryl halide in position 3
     pair[1, 2, 4] = pair[1, 1, 0] = 1.0  # the same molecule, amines the other way round

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from stages import memory
-from stages.io import InputError
+from stages.errors import InputError
 from stages.memory import Counts, FeatureShape, estimate
 from tests.conftest import ROOT, MiniRun, project_env
 from tests.test_train import with_train

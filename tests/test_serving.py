@@ -14,11 +14,11 @@ import pytest
 import xgboost
 
 from stages import environment, predict
+from stages.errors import ArtifactError, InputError
 from stages.featurize import featurize_file
-from stages.io import ArtifactError, InputError
+from stages.fitting import train_model
 from stages.model import load_model
-from stages.predict import predict_file
-from stages.train import train_model
+from stages.scoring import predict_file
 from tests.conftest import ROOT, MiniRun, project_env
 
 

@@ -7,7 +7,7 @@ import pytest
 from stages import split as split_module
 from stages.io import write_parquet
 from stages.params import Split
-from stages.split import Rule, SplitOutput, assign, split_rows, uniform_hash
+from stages.split import HoldOutRule, SplitOutput, assign, split_rows, uniform_hash
 
 BB = ["bb1_key", "bb2_key", "bb3_key"]
 
@@ -67,14 +67,14 @@ def test_unseen_blocks_counts_positions_whose_block_is_held_out_in_any_position(
             **{c: [m[0][i] for m in molecules] for i, c in enumerate(BB)},
         }
     )
-    where = assign(frame, Rule(held_out_building_blocks=0.5, valid_fraction=0.0, seed=1))
+    where = assign(frame, HoldOutRule(held_out_building_blocks=0.5, valid_fraction=0.0, seed=1))
     assert where.unseen.tolist() == [m[1] for m in molecules]
     assert where.held.tolist() == [m[1] > 0 for m in molecules]
 
 
 def test_belka_split_has_kaggles_groups():
     frame = rows()
-    where = assign(frame, Rule.of_split(params()))
+    where = assign(frame, HoldOutRule.of_split(params()))
     held = pl.Series(where.held)
     train_part, valid_part = frame.filter(~held), frame.filter(held)
     unseen = pl.Series(where.unseen).filter(held)
@@ -98,10 +98,10 @@ def test_belka_split_has_kaggles_groups():
 
 def test_random_split_is_share_only_and_building_blocks_has_no_share_part():
     frame = rows()
-    random_valid = pl.Series(assign(frame, Rule.of_split(params("random", valid=0.3))).held)
+    random_valid = pl.Series(assign(frame, HoldOutRule.of_split(params("random", valid=0.3))).held)
     assert random_valid.mean() == pytest.approx(0.3, abs=0.03)
     assert blocks_of(frame.filter(random_valid)) <= blocks_of(frame.filter(~random_valid))
-    where = assign(frame, Rule.of_split(params("building_blocks")))
+    where = assign(frame, HoldOutRule.of_split(params("building_blocks")))
     assert (where.unseen[where.held] > 0).all() and not (where.unseen[~where.held] > 0).any()
 
 

@@ -11,10 +11,11 @@ import polars as pl
 import pytest
 import xgboost as xgb
 
+from stages.fitting import train_model
 from stages.model import load_model
 from stages.molecules import MoleculeStore
 from stages.params import EarlyStopping, Params, load_params
-from stages.train import LabelCounts, negative_rates, sample_rows, train_model
+from stages.train_rows import LabelCounts, negative_rates, sample_negatives
 from tests.conftest import ROOT, MiniRun
 
 
@@ -78,7 +79,7 @@ def test_negatives_per_positive_keeps_k_negatives_a_positive_weighted_back_to_th
         {"id": np.arange(n), "protein_name": rng.choice(["BRD4", "sEH"], n), "binds": (rng.random(n) < 0.01)}
     ).with_columns(pl.col("binds").cast(pl.Int8))
     rates = {"BRD4": 0.1, "sEH": 0.5}
-    sampled = sample_rows(rows, rates, seed=3)
+    sampled = sample_negatives(rows, rates, seed=3)
     for protein, rate in rates.items():
         mine, kept = (
             rows.filter(pl.col("protein_name") == protein),

@@ -300,7 +300,7 @@ def test_a_worker_lost_while_partitions_are_built_is_replaced_and_training_start
     """Rank 1's worker dies as it reads its first partition; its nanny starts a new worker (the run waits up to
     resources.worker_wait for it), and training starts over on the two workers: the model of the undisturbed run
     (a LocalCluster), byte for byte."""
-    from stages.train import TRAIN_EVENTS
+    from stages.fit_dask import TRAIN_EVENTS
 
     died = tmp_path / "died"
     with plugin(cluster, DieAt(TRAIN_EVENTS, {"rank": 1, "side": "fit", "partition": 0}, False, str(died))):
@@ -316,7 +316,7 @@ def test_a_worker_lost_while_boosting_and_not_replaced_fails_with_one_error_then
     """Rank 0's worker and its nanny die after round 5 of 25: after resources.worker_wait (2 s) without a second
     worker, one error line names the lost worker, and the models of an earlier run are untouched. With a new
     worker, the rerun gives the undisturbed model."""
-    from stages.train import TRAIN_EVENTS
+    from stages.fit_dask import TRAIN_EVENTS
 
     shutil.copytree(reproduced_repo.path / "models/split", tmp_path / "models")  # an earlier run's models
     earlier = tree_hashes(tmp_path / "models")
@@ -342,7 +342,7 @@ def test_a_worker_lost_while_predicting(reproduced_repo: Repo, cluster: Cluster,
     """A worker that dies as it starts scoring a shard: the other scores it, and the submission is the local
     engine's. Every worker dead: one error line after resources.worker_wait, no submission. Workers back: the
     rerun completes."""
-    from stages.predict import PREDICT_EVENTS
+    from stages.scoring import PREDICT_EVENTS
 
     params = deep_update(reproduced_repo.params(), {"resources": {"engine": "dask", "worker_wait": 2}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -126,11 +126,17 @@ def test_a_comment_in_the_feature_code_keeps_the_feature_version_the_cache_and_t
 
 
 def test_output_neutral_edits_rerun_nothing(cloned: Repo) -> None:
-    """Log messages, the progress display and error formatting live in stages/cli.py, which no stage lists;
-    featurize.max_reject_fraction and resources.* are not params deps."""
+    """Log messages, the progress display and error formatting live in stages/cli.py, shared error messages in
+    stages/errors.py, atomic writes in stages/atomic.py, which no stage lists; featurize.max_reject_fraction and
+    resources.* are not params deps."""
     text = (cloned.path / "stages/cli.py").read_text()
     text = text.replace('format="%(name)s: %(message)s"', 'format="%(levelname)s %(name)s: %(message)s"')
     (cloned.path / "stages/cli.py").write_text(text.replace("unit_scale=True", "unit_scale=False"))
+    errors = cloned.path / "stages/errors.py"
+    assert "not found (run the stage" in errors.read_text()
+    errors.write_text(errors.read_text().replace("not found (run the stage", "is missing (run the stage"))
+    with open(cloned.path / "stages/atomic.py", "a") as handle:
+        handle.write("\n# atomic writes shape no output\n")
     cloned.set_params({"featurize": {"max_reject_fraction": 0.01},
                        "resources": {"workers": 1, "threads": 1, "batch_rows": 5000}})  # fmt: skip
     assert cloned.dvc("status").stdout.strip() == "Data and pipelines are up to date."
