@@ -673,10 +673,14 @@ def main(argv: list[str] | None = None) -> int:
             valid_rows="the split's valid part",
             features=TRAIN_FEATURES,
             models=MODELS,
-            half_model="the half model (learning_curve's output)",
             metrics="JSON of comparable figures",
             summary="JSON of counts and positive rates",
             plots="directory of plot data",
+        )
+        .option(
+            "--half-model",
+            type=Path,
+            help="the half model (learning_curve's output); without it, the leaderboard estimate is the split model's score",
         )
         .main(argv, run)
     )
