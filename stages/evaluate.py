@@ -29,6 +29,9 @@ Writes:
   positives and AP per protein for every number of unseen blocks (1 and 2: of the mixed sample), the mixed
   sample's size against all mixed rows, and a check of the groups against the building blocks actually in the
   training part (Kaggle's definition).
+- ``--predictions`` (``data/evaluate/valid-predictions.parquet``): the share and non-share rows with their score
+  (molecule key, protein, group, label, ``prob``), about 20 bytes a row: what ``python -m stages.compare`` pairs
+  to compare two runs on the same molecules.
 - ``--plots``: PR and ROC curves per (protein, group) (``pr.csv``, ``roc.csv``) and the model's most important
   features by gain (``importance.csv``), for ``dvc plots``.
 """
@@ -47,7 +50,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from stages.cli import progress, run_main, setup_logging
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, count_rows, in_sorted, iter_row_batches
-from stages.io import BINDS, PROTEIN, InputError, atomic_dir, write_csv, write_json
+from stages.io import BINDS, PROTEIN, InputError, atomic_dir, write_csv, write_json, write_parquet
 from stages.model import Model, load_model
 from stages.molecules import MoleculeStore
 from stages.params import Evaluate, load_params
@@ -229,33 +232,41 @@ def samples_per_chunk(samples: int, sizes: list[int], pairs: list[PairSample], b
     return int(min(samples, max(1, (budget_bytes - 16 * max(sizes, default=0)) // max(per_sample, 1))))
 
 
-def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_bytes: int = 256 * MB) -> dict:
-    """95% percentile intervals of ``score``, ``share`` and ``non_share`` over ``samples`` bootstrap draws of the
-    valid molecules, each group's molecules resampled with replacement (the groups keep their sizes, as in
-    Kaggle's test), every row of a drawn molecule counted as many times as it was drawn. Samples are computed a
-    chunk at a time under ``budget_bytes``; the intervals do not depend on it."""
+def molecule_index(frame: pl.DataFrame) -> pl.Expr:
+    """Each row's molecule number within its group, 0, 1, ... by molecule key: what a bootstrap sample counts."""
+    return pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule")
+
+
+def bootstrap_draws(
+    frame: pl.DataFrame, columns: tuple[str, ...], samples: int, seed: int, budget_bytes: int = 256 * MB
+) -> dict[str, dict[str, np.ndarray]]:
+    """``score``, ``share`` and ``non_share`` of each score column of ``frame`` (``prob``, or two models' scores of
+    the same rows) in each of ``samples`` bootstrap draws of the valid molecules: each group's molecules resampled
+    with replacement (the groups keep their sizes, as in Kaggle's test), every row of a drawn molecule counted as
+    many times as it was drawn, the same draws for every column (:func:`sample_counts`: a paired comparison).
+    NaN where a draw leaves a figure without a positive; a group without rows has no entry. Samples are computed a
+    chunk at a time under ``budget_bytes``; the draws do not depend on it."""
     frame = frame.filter(pl.col("group").is_in(SCORED))
     if samples == 0 or len(frame) == 0:
         return {}
-    frame = frame.select(
-        PROTEIN,
-        "group",
-        BINDS,
-        "prob",
-        pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule"),
-    )
+    frame = frame.select(PROTEIN, "group", BINDS, *columns, molecule_index(frame))
     groups = sorted(set(frame["group"].to_list()))
     sizes = [int(frame.filter(pl.col("group") == g)["molecule"].max()) + 1 for g in groups]
-    pairs = [
-        PairSample.of(
-            protein, group, part[BINDS].to_numpy(), part["prob"].to_numpy(), part["molecule"].to_numpy()
-        )
-        for (protein, group), part in sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
-    ]
-    del frame
-    chunk = samples_per_chunk(samples, sizes, pairs, budget_bytes)
+    parts = sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
+    pairs = {
+        column: [
+            PairSample.of(protein, group, part[BINDS].to_numpy(), part[column].to_numpy(),
+                          part["molecule"].to_numpy())
+            for (protein, group), part in parts
+        ]
+        for column in columns
+    }  # fmt: skip
+    del frame, parts
+    chunk = samples_per_chunk(samples, sizes, [p for ps in pairs.values() for p in ps], budget_bytes)
     log.info("bootstrap: %d samples, %d at a time", samples, chunk)
-    draws: dict[str, list[np.ndarray]] = {"score": [], "share": [], "non_share": []}
+    draws: dict[str, dict[str, list[np.ndarray]]] = {
+        c: {"score": [], "share": [], "non_share": []} for c in columns
+    }
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
         counts = [np.empty((size, n), dtype=np.int32) for n in sizes]  # one row per bootstrap sample
@@ -263,21 +274,41 @@ def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_byt
             for into, drawn in zip(counts, sample_counts(seed, start + row, sizes), strict=True):
                 into[row] = drawn
         of_group = dict(zip(groups, counts, strict=True))
-        ap = {(p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs}
+        for column in columns:
+            ap = {(p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs[column]}
+            draws[column]["score"].append(_mean_of_present(list(ap.values())))
+            for group in SCORED:
+                values = [v for (_, g), v in ap.items() if g == group]
+                if values:
+                    draws[column][group].append(_mean_of_present(values))
         del counts, of_group
-        draws["score"].append(_mean_of_present(list(ap.values())))
-        for group in SCORED:
-            values = [v for (_, g), v in ap.items() if g == group]
-            if values:
-                draws[group].append(_mean_of_present(values))
+    return {
+        column: {name: np.concatenate(parts) for name, parts in figures.items() if parts}
+        for column, figures in draws.items()
+    }
+
+
+def percentile_interval(values: np.ndarray) -> list[float] | None:
+    """The 95% percentile interval of ``values`` (NaN left out); None where none is left."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
     tail = (1 - CONFIDENCE) / 2 * 100
-    out = {"samples": samples, "seed": seed, "confidence": CONFIDENCE}
-    for name, parts in draws.items():
-        values = np.concatenate(parts) if parts else np.empty(0)
-        values = values[~np.isnan(values)]
-        if len(values):
-            low, high = np.percentile(values, [tail, 100 - tail])
-            out[name] = [float(low), float(high)]
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def bootstrap_intervals(frame: pl.DataFrame, samples: int, seed: int, budget_bytes: int = 256 * MB) -> dict:
+    """95% percentile intervals of ``score``, ``share`` and ``non_share`` over ``samples`` bootstrap draws of the
+    valid molecules (:func:`bootstrap_draws` of the ``prob`` column); the intervals do not depend on the budget."""
+    draws = bootstrap_draws(frame, ("prob",), samples, seed, budget_bytes)
+    if not draws:
+        return {}
+    out: dict = {"samples": samples, "seed": seed, "confidence": CONFIDENCE}
+    for name, values in draws["prob"].items():
+        interval = percentile_interval(values)
+        if interval is not None:
+            out[name] = interval
     return out
 
 
@@ -459,11 +490,25 @@ def keep_for_scoring(
     return Kept(frame, check, counts, rows, positives)
 
 
+PREDICTION_COLUMNS = (KEY, PROTEIN, "group", BINDS, "prob")
+
+
+def valid_predictions(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows ``score`` is computed from (share and non-share), with the model's score: molecule key, protein,
+    group, label and ``prob``, sorted, for ``python -m stages.compare`` to pair two runs' predictions row by row."""
+    return (
+        frame.filter(pl.col("group").is_in(SCORED))
+        .select(KEY, pl.col(PROTEIN).cast(pl.String), pl.col("group").cast(pl.String), BINDS, "prob")
+        .sort("group", PROTEIN, KEY)
+    )
+
+
 @dataclass(frozen=True)
 class EvaluateOutput:
     metrics: Path
     summary: Path
     plots: Path
+    predictions: Path | None = None  # the scored valid rows (valid_predictions), for stages.compare
 
 
 def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir: Path, model_dir: Path,
@@ -494,6 +539,8 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
             if curve is not None:
                 write_csv(curve, tmp / f"{name}.csv")
         write_csv(feature_importance(model, params.top_features), tmp / "importance.csv")
+    if out.predictions is not None:
+        write_parquet(valid_predictions(frame), out.predictions)
     write_json(out.summary, summary)
     write_json(out.metrics, metrics)
     return metrics
@@ -509,13 +556,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of comparable figures")
     parser.add_argument("--summary", type=Path, required=True, help="JSON of counts and positive rates")
     parser.add_argument("--plots", type=Path, required=True, help="directory of plot data")
+    parser.add_argument("--predictions", type=Path, help="parquet of the scored valid rows (stages.compare)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
     def body() -> None:
         params = load_params(args.params)
-        out = EvaluateOutput(args.metrics, args.summary, args.plots)
+        out = EvaluateOutput(args.metrics, args.summary, args.plots, args.predictions)
         metrics = evaluate(params.evaluate, args.train_rows, args.valid_rows, args.features, args.models, out,
                            params.resources.evaluate_memory_mb)  # fmt: skip
         log.info("%s", ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", *GROUPS) if k in metrics))
