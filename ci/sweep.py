@@ -314,6 +314,15 @@ def row_at(name: str, kind: str, rev: str | None) -> Row:
                {n: intervals[n] for n in FIGURES if n in intervals})  # fmt: skip
 
 
+def failure_reason(stdout: str, stderr: str) -> str:
+    """The line that says why `dvc exp run` failed: the stage's own one-line error (``error: ...``), else dvc's
+    (``ERROR: ...``), else the last line; at most 200 characters."""
+    lines = [line.strip() for line in (stdout + "\n" + stderr).splitlines() if line.strip()]
+    stage = [line for line in lines if line.startswith("error:")]
+    dvc = [line for line in lines if line.startswith("ERROR")]
+    return (stage or dvc or lines or ["no output"])[-1][:200]
+
+
 def command_run(args: argparse.Namespace) -> int:
     from stages.compare import WORKSPACE, compare, read_predictions
     from stages.params import load_params
@@ -335,11 +344,7 @@ def command_run(args: argparse.Namespace) -> int:
         sys.stderr.write(ran.stderr[-4000:])
         params = with_overrides(rows[1].params, experiment.overrides)
         if ran.returncode != 0:
-            tail = [line for line in (ran.stderr + ran.stdout).splitlines() if line.strip()]
-            reason = next(
-                (line for line in reversed(tail) if "ERROR" in line or "error" in line), tail[-1:] or ["?"]
-            )
-            rows.append(Row(name, "experiment", params, failed=str(reason).strip()[:200]))
+            rows.append(Row(name, "experiment", params, failed=failure_reason(ran.stdout, ran.stderr)))
             print(f"sweep: {name} failed: {rows[-1].failed}", flush=True)
             continue
         ref = next(line.split()[1] for line in git("for-each-ref", "--format=%(objectname) %(refname)",

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from markdown_it import MarkdownIt
 
-from ci.sweep import Row, SweepError, expand_grid, grid_lines, plan, render_note
+from ci.sweep import Row, SweepError, expand_grid, failure_reason, grid_lines, plan, render_note
 from tests.conftest import ROOT
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -172,3 +172,15 @@ def test_more_than_three_differing_params_share_one_column():
     (head, _base, e1), *_ = tables(render_note(rows, "main"))
     assert len(head) == 6 and head[5] == "params"
     assert e1[5] == "w=2, x=2, y=2, z=2"
+
+
+def test_a_failed_experiment_is_reported_by_its_error_line():
+    stdout = "Reproducing experiment 'mr3-p7-2'\nRunning stage 'train':\n> python -m stages.train ...\n"
+    stderr = ("error: train: the in-memory fit needs about 9.1 GB, more than the 4.0 GB available\n"
+              "ERROR: failed to reproduce 'train': failed to run: python -m stages.train ..., exited with 1\n")  # fmt: skip
+    assert failure_reason(stdout, stderr) == (
+        "error: train: the in-memory fit needs about 9.1 GB, more than the 4.0 GB available"
+    )  # the stage's own line, not dvc's
+    assert failure_reason("", stderr.splitlines()[1]).startswith("ERROR: failed to reproduce 'train'")
+    assert failure_reason("only this\n", "") == "only this"
+    assert failure_reason("", "") == "no output"

@@ -6,6 +6,7 @@ stand-in). Then a second clone pulls and applies the best experiment."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -135,6 +136,7 @@ def test_the_sweep_job_runs_pushes_and_compares_the_experiments(s3, gitlab, tmp_
                        f"--variable=SWEEP_GIT_REMOTE={experiments_remote}")  # fmt: skip
     log = result.stdout + result.stderr
     assert "sweep finished" in log and "FAIL" not in log, log
+    print(re.search(r"sweep finished in .*", log).group(0))  # the job's time (pytest -s shows it)
     assert "sweep: 2 experiment(s), params valid (cap 8)" in log, log
     assert "Running stage 'featurize" not in log and "Running stage 'generate'" not in log, log  # restored
     assert log.count("Running stage 'train'") == 2, log  # once per experiment, never for the MR's own run
