@@ -205,6 +205,13 @@ def test_the_sweep_job_runs_pushes_and_compares_the_experiments(s3, gitlab, tmp_
     assert (second.path / "models/final/manifest.json").exists()
     assert (second.path / "data/evaluate/valid-predictions.parquet").exists()
 
+    # the same paired comparison as a local command: the base's predictions from the trusted remote through git and
+    # dvc.api, the experiment's by its name
+    run([sys.executable, "-m", "stages.compare", "HEAD", best, "--json", str(tmp_path / "compare.json")],
+        second.path, env=env)  # fmt: skip
+    compared = json.loads((tmp_path / "compare.json").read_text())
+    assert compared["figures"] == results[best]["difference"]["figures"]
+
 
 @needs_gcl
 def test_a_grid_with_an_unknown_key_fails_before_any_training(s3, gitlab, tmp_path):

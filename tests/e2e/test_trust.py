@@ -390,7 +390,7 @@ def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, mo
     # What a clean runner gives for the same commit (no cache, no remote): the reference committed beside this file
     # (the outputs' bytes and dvc.lock's outs), recorded by `python -m tests.e2e.test_trust --update`.
     reference = json.loads(REFERENCE.read_text())
-    assert clean_run_record(main.path) == reference, (
+    assert clean_run_record(main.path) == {key: reference[key] for key in ("files", "lock_outs")}, (
         f"main's outputs after the merge request differ from a clean runner's ({REFERENCE.name}): either the merge "
         "request reached them, or a change of the stages changed their outputs on purpose: then record them again "
         "with `python -m tests.e2e.test_trust --update` (a clean dvc repro of this commit, no merge request)"
