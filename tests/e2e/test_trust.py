@@ -289,8 +289,9 @@ def record_clean_run(workdir: Path) -> dict:
 @needs_gcl
 def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, monkeypatch):
     """A hostile merge request runs on the merge-request runner as docs/ci.md sets it up; then main's `reproduce`,
-    after appended rows and without dvc.lock, on the protected runner: main's outputs and dvc.lock equal a clean
-    runner's, the trusted remote and volume hold nothing from the merge request, and the merge request's job saw
+    after appended rows and without dvc.lock, on the protected runner: main's outputs (their bytes, and dvc.lock's
+    outs) equal a clean runner's (recorded in trust_clean_run.json: a clean run of the same commit, which the test
+    no longer repeats), the trusted remote and volume hold nothing from the merge request, and the merge request's job saw
     no protected key."""
     if not can_mount_read_only(tmp_path):
         pytest.skip("no private mount namespace here (unshare --mount needs CAP_SYS_ADMIN)")
