@@ -54,10 +54,6 @@ class Paired:
     def common(self) -> int:
         return len(self.frame)
 
-    @property
-    def same_valid_part(self) -> bool:
-        return self.common == self.rows_a == self.rows_b
-
 
 def pair_predictions(a: pl.DataFrame, b: pl.DataFrame, name_a: str = "A", name_b: str = "B") -> Paired:
     """The rows of ``a`` and ``b`` (evaluate's valid predictions) with the same molecule, protein, group and label,
@@ -102,6 +98,7 @@ def paired_difference(paired: Paired, samples: int, seed: int, budget_bytes: int
 
 
 def verdict(interval: list[float] | None) -> str:
+    """Which run the paired interval of B - A favours: B (above 0), A (below 0), or neither."""
     if interval is None:
         return "no interval"
     if interval[0] > 0:
