@@ -23,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -338,6 +339,7 @@ def command_run(args: argparse.Namespace) -> int:
     for number, experiment in enumerate(experiments, 1):
         name = f"{args.prefix}-{number}"
         print(f"sweep: running {name}: {experiment.label}", flush=True)
+        started = time.monotonic()
         ran = subprocess.run(["dvc", "exp", "run", "--temp", "--name", name, *experiment.set_params],
                              capture_output=True, text=True)  # fmt: skip
         sys.stdout.write(ran.stdout[-4000:])
@@ -350,6 +352,7 @@ def command_run(args: argparse.Namespace) -> int:
         ref = next(line.split()[1] for line in git("for-each-ref", "--format=%(objectname) %(refname)",
                                                         "refs/exps").splitlines() if line.endswith(f"/{name}"))  # fmt: skip
         rows.append(row_at(name, "experiment", ref))
+        print(f"sweep: {name} done in {time.monotonic() - started:.0f} s", flush=True)
         revisions[name] = ref
         pushed.append(name)
     try:

@@ -136,7 +136,7 @@ def test_the_sweep_job_runs_pushes_and_compares_the_experiments(s3, gitlab, tmp_
                        f"--variable=SWEEP_GIT_REMOTE={experiments_remote}")  # fmt: skip
     log = result.stdout + result.stderr
     assert "sweep finished" in log and "FAIL" not in log, log
-    print(re.search(r"sweep finished in .*", log).group(0))  # the job's time (pytest -s shows it)
+    print(*re.findall(r"sweep: \S+ done in .*|sweep finished in .*", log), sep="\n")  # times (pytest -s)
     assert "sweep: 2 experiment(s), params valid (cap 8)" in log, log
     assert "Running stage 'featurize" not in log and "Running stage 'generate'" not in log, log  # restored
     assert log.count("Running stage 'train'") == 2, log  # once per experiment, never for the MR's own run
@@ -160,6 +160,7 @@ def test_the_sweep_job_runs_pushes_and_compares_the_experiments(s3, gitlab, tmp_
     # the note: one table, the base first, then the runs by score; the paired differences
     notes = [note["body"] for note in fake.notes if "<!-- belka-dvc-sweep -->" in note["body"]]
     assert len(notes) == 1, fake.notes
+    print(notes[0])  # the rendered note (pytest -s shows it)
     runs, paired = tables(notes[0])
     head, *rows = runs
     assert head[5:] == ["`max_depth`"], head  # the only param that differs
