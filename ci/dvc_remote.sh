@@ -10,6 +10,9 @@
 #                                      `storage`, with the protected keys DVC_WRITE_*;
 #                                      anything else: the merge-request remote `mr` (DVC_MR_REMOTE_URL), with
 #                                      DVC_MR_*, a remote that no protected job reads
+#   ci/dvc_remote.sh exp-push GIT_REMOTE EXPERIMENT...
+#                                      `dvc exp push`: the experiments' git refs to GIT_REMOTE (a name or URL),
+#                                      their outputs to the same DVC remote, with the same keys, as `push`
 #
 # GitLab gives DVC_WRITE_* (protected variables) to protected refs only, and the merge-request keys cannot write
 # the trusted bucket (docs/ci.md, "Bucket policies"): the choice below routes, the keys enforce.
@@ -32,7 +35,13 @@ case "${1:-}" in
     fi
     exec "$@"
     ;;
-  push)
+  push | exp-push)
+    command=$1
+    shift
+    if [ "$command" = exp-push ] && [ "$#" -lt 2 ]; then
+      echo "usage: ci/dvc_remote.sh exp-push GIT_REMOTE EXPERIMENT..." >&2
+      exit 2
+    fi
     if [ "${CI_COMMIT_REF_PROTECTED:-false}" = "true" ]; then
       remote=storage ids=DVC_WRITE_ACCESS_KEY_ID secrets=DVC_WRITE_SECRET_ACCESS_KEY
     else
@@ -46,11 +55,18 @@ case "${1:-}" in
     if [ "$remote" = mr ]; then
       dvc remote add --local --force mr "${DVC_MR_REMOTE_URL:?the merge-request remote (docs/ci.md)}"
     fi
-    echo "pushing outputs and run cache to the DVC remote '$remote' ($(dvc remote list | awk -v r="$remote" '$1 == r {print $2}'))"
-    exec dvc push --run-cache --remote "$remote"
+    url=$(dvc remote list | awk -v r="$remote" '$1 == r {print $2}')
+    if [ "$command" = push ]; then
+      echo "pushing outputs and run cache to the DVC remote '$remote' ($url)"
+      exec dvc push --run-cache --remote "$remote"
+    fi
+    git_remote=$1
+    shift
+    echo "pushing experiments $* to the DVC remote '$remote' ($url) and their git refs to the git remote"
+    exec dvc exp push --remote "$remote" "$git_remote" "$@"
     ;;
   *)
-    echo "usage: ci/dvc_remote.sh read COMMAND... | ci/dvc_remote.sh push" >&2
+    echo "usage: ci/dvc_remote.sh read COMMAND... | ci/dvc_remote.sh push | ci/dvc_remote.sh exp-push GIT_REMOTE EXPERIMENT..." >&2
     exit 2
     ;;
 esac

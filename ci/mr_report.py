@@ -303,11 +303,12 @@ class Report:
                 images[plot.filename] = answer["markdown"]
         return images
 
-    def post(self, body: str) -> tuple[str, int]:
-        """Create or update the marked note; returns ("created" | "updated", note id)."""
+    def post(self, body: str, marker: str = MARKER) -> tuple[str, int]:
+        """Create or update the note that holds ``marker`` (the report's, or another job's own note); returns
+        ("created" | "updated", note id)."""
         mr = self.mr
         notes = self._call("listing notes", mr.notes.list, get_all=True, sort="asc", order_by="created_at")
-        earlier = [note for note in notes if MARKER in (getattr(note, "body", None) or "")]
+        earlier = [note for note in notes if marker in (getattr(note, "body", None) or "")]
         if earlier:
             note = earlier[-1]
             note.body = body

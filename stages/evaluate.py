@@ -29,6 +29,9 @@ Writes:
   positives and AP per protein for every number of unseen blocks (1 and 2: of the mixed sample), the mixed
   sample's size against all mixed rows, and a check of the groups against the building blocks actually in the
   training part (Kaggle's definition).
+- ``--predictions`` (``data/evaluate/valid-predictions.parquet``): the share and non-share rows with their score
+  (molecule key, protein, group, label, ``prob``), about 20 bytes a row: what ``python -m stages.compare`` pairs
+  to compare two runs on the same molecules.
 - ``--plots``: PR and ROC curves per (protein, group) (``pr.csv``, ``roc.csv``) and the model's most important
   features by gain (``importance.csv``), for ``dvc plots``.
 """
@@ -49,7 +52,7 @@ from stages.atomic import atomic_dir
 from stages.cli import MODELS, TRAIN_FEATURES, Command, progress
 from stages.dataset import BB_KEYS, GROUP_OF_UNSEEN, KEY, UNSEEN, count_rows, in_sorted, iter_row_batches
 from stages.errors import InputError
-from stages.io import BINDS, PROTEIN, read_json, write_csv, write_json
+from stages.io import BINDS, PROTEIN, read_json, write_csv, write_json, write_parquet
 from stages.model import MANIFEST, Model, load_model
 from stages.molecules import MoleculeStore
 from stages.params import Evaluate, Params
@@ -260,6 +263,86 @@ def samples_per_chunk(samples: int, sizes: list[int], pairs: list[PairSample], b
     return int(min(samples, max(1, (budget_bytes - 16 * max(sizes, default=0)) // max(per_sample, 1))))
 
 
+def molecule_index(frame: pl.DataFrame) -> pl.Expr:
+    """Each row's molecule number within its group, 0, 1, ... by molecule key: what a bootstrap sample counts."""
+    return pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule")
+
+
+def bootstrap_draws(
+    frame: pl.DataFrame,
+    columns: tuple[str, ...],
+    samples: int,
+    seed: int,
+    budget_bytes: int = 256 * MB,
+    projection: Projection | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """``score``, ``share`` and ``non_share`` of each score column of ``frame`` (``prob``, or two models' scores of
+    the same rows) in each of ``samples`` bootstrap draws of the valid molecules: each group's molecules resampled
+    with replacement (the groups keep their sizes, as in Kaggle's test), every row of a drawn molecule counted as
+    many times as it was drawn, the same draws for every column (:func:`sample_counts`: a paired comparison).
+    NaN where a draw leaves a figure without a positive; a group without rows has no entry. Samples are computed a
+    chunk at a time under ``budget_bytes``; the draws do not depend on it."""
+    frame = frame.filter(pl.col("group").is_in(SCORED))
+    if samples == 0 or len(frame) == 0:
+        return {}
+    frame = frame.select(PROTEIN, "group", BINDS, *columns, molecule_index(frame))
+    groups = sorted(set(frame["group"].to_list()))
+    sizes = [int(frame.filter(pl.col("group") == g)["molecule"].max()) + 1 for g in groups]
+    parts = sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
+    pairs = {
+        column: [
+            PairSample.of(protein, group, part[BINDS].to_numpy(), part[column].to_numpy(),
+                          part["molecule"].to_numpy())
+            for (protein, group), part in parts
+        ]
+        for column in columns
+    }  # fmt: skip
+    del frame, parts
+    chunk = samples_per_chunk(samples, sizes, [p for ps in pairs.values() for p in ps], budget_bytes)
+    log.info("bootstrap: %d samples, %d at a time", samples, chunk)
+    draws: dict[str, dict[str, list[np.ndarray]]] = {
+        c: {"score": [], "share": [], "non_share": []} for c in columns
+    }
+    if projection is not None:
+        draws[LEADERBOARD] = {"score": []}
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        counts = [np.empty((size, n), dtype=np.int32) for n in sizes]  # one row per bootstrap sample
+        for row in range(size):
+            for into, drawn in zip(counts, sample_counts(seed, start + row, sizes), strict=True):
+                into[row] = drawn
+        of_group = dict(zip(groups, counts, strict=True))
+        aps = {}
+        for column in columns:
+            ap = aps[column] = {
+                (p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs[column]
+            }
+            draws[column]["score"].append(_mean_of_present(list(ap.values())))
+            for group in SCORED:
+                values = [v for (_, g), v in ap.items() if g == group]
+                if values:
+                    draws[column][group].append(_mean_of_present(values))
+        if projection is not None:
+            projected = [projection.of(split, half)
+                         for split, half in zip(aps["prob"].values(), aps[HALF_PROB].values(), strict=True)]  # fmt: skip
+            draws[LEADERBOARD]["score"].append(_mean_of_present(projected))
+        del counts, of_group
+    return {
+        column: {name: np.concatenate(parts) for name, parts in figures.items() if parts}
+        for column, figures in draws.items()
+    }
+
+
+def percentile_interval(values: np.ndarray) -> list[float] | None:
+    """The 95% percentile interval of ``values`` (NaN left out); None where none is left."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
 def bootstrap_intervals(
     frame: pl.DataFrame,
     samples: int,
@@ -268,72 +351,26 @@ def bootstrap_intervals(
     projection: Projection | None = None,
 ) -> dict:
     """95% percentile intervals of ``score``, ``share`` and ``non_share`` over ``samples`` bootstrap draws of the
-    valid molecules, each group's molecules resampled with replacement (the groups keep their sizes, as in
-    Kaggle's test), every row of a drawn molecule counted as many times as it was drawn. Samples are computed a
-    chunk at a time under ``budget_bytes``; the intervals do not depend on it.
+    valid molecules (:func:`bootstrap_draws` of the ``prob`` column); the intervals do not depend on the budget.
 
-    With a ``projection`` (and the half model's ``prob_half`` in ``frame``), also ``leaderboard_estimate``: each
-    sample's pairs projected to the final fit's rows from both models' APs on the same draw (paired), plus a
-    leaderboard's own sampling noise (:func:`prediction_interval`)."""
-    frame = frame.filter(pl.col("group").is_in(SCORED))
-    if samples == 0 or len(frame) == 0:
+    Also ``leaderboard_estimate``'s 95% interval (:func:`prediction_interval`): with a ``projection`` (and the half
+    model's ``prob_half`` in ``frame``) of the projected draws, without one of ``score``'s, each plus a
+    leaderboard's own sampling noise."""
+    paired = projection is not None and HALF_PROB in frame.columns
+    columns = ("prob", HALF_PROB) if paired else ("prob",)
+    draws = bootstrap_draws(frame, columns, samples, seed, budget_bytes, projection if paired else None)
+    if not draws:
         return {}
-    models = {"split": "prob", **({"half": HALF_PROB} if projection and HALF_PROB in frame.columns else {})}
-    frame = frame.select(
-        PROTEIN,
-        "group",
-        BINDS,
-        *models.values(),
-        pl.col(KEY).rank("dense").over("group").cast(pl.Int32).sub(1).alias("molecule"),
-    )
-    groups = sorted(set(frame["group"].to_list()))
-    sizes = [int(frame.filter(pl.col("group") == g)["molecule"].max()) + 1 for g in groups]
-    by_pair = sorted(frame.group_by(PROTEIN, "group"), key=lambda item: item[0])
-    pairs = {
-        model: [
-            PairSample.of(
-                protein, group, part[BINDS].to_numpy(), part[column].to_numpy(), part["molecule"].to_numpy()
-            )
-            for (protein, group), part in by_pair
-        ]
-        for model, column in models.items()
-    }
-    del frame, by_pair
-    chunk = samples_per_chunk(
-        samples, sizes, [p for of_model in pairs.values() for p in of_model], budget_bytes
-    )
-    log.info("bootstrap: %d samples, %d at a time", samples, chunk)
-    draws: dict[str, list[np.ndarray]] = {"score": [], "share": [], "non_share": [], LEADERBOARD: []}
-    for start in range(0, samples, chunk):
-        size = min(chunk, samples - start)
-        counts = [np.empty((size, n), dtype=np.int32) for n in sizes]  # one row per bootstrap sample
-        for row in range(size):
-            for into, drawn in zip(counts, sample_counts(seed, start + row, sizes), strict=True):
-                into[row] = drawn
-        of_group = dict(zip(groups, counts, strict=True))
-        ap = {(p.protein, p.group): average_precision(p, of_group[p.group]) for p in pairs["split"]}
-        draws["score"].append(_mean_of_present(list(ap.values())))
-        for group in SCORED:
-            values = [v for (_, g), v in ap.items() if g == group]
-            if values:
-                draws[group].append(_mean_of_present(values))
-        if "half" in pairs:
-            half = [average_precision(p, of_group[p.group]) for p in pairs["half"]]
-            projected = [projection.of(split, h) for split, h in zip(ap.values(), half, strict=True)]
-            draws[LEADERBOARD].append(_mean_of_present(projected))
-        del counts, of_group
-    tail = (1 - CONFIDENCE) / 2 * 100
-    out = {"samples": samples, "seed": seed, "confidence": CONFIDENCE}
-    for name, parts in draws.items():
-        values = np.concatenate(parts) if parts else np.empty(0)
-        values = values[~np.isnan(values)]
-        if len(values) and name != LEADERBOARD:
-            low, high = np.percentile(values, [tail, 100 - tail])
-            out[name] = [float(low), float(high)]
-    estimate = np.concatenate(draws[LEADERBOARD]) if draws[LEADERBOARD] else np.concatenate(draws["score"])
-    interval = prediction_interval(estimate, np.concatenate(draws["score"]), seed)
-    if interval is not None:
-        out[LEADERBOARD] = interval
+    out: dict = {"samples": samples, "seed": seed, "confidence": CONFIDENCE}
+    for name, values in draws["prob"].items():
+        interval = percentile_interval(values)
+        if interval is not None:
+            out[name] = interval
+    if "score" in draws["prob"]:
+        estimate = draws[LEADERBOARD]["score"] if paired else draws["prob"]["score"]
+        interval = prediction_interval(estimate, draws["prob"]["score"], seed)
+        if interval is not None:
+            out[LEADERBOARD] = interval
     return out
 
 
@@ -599,11 +636,25 @@ def learning_curve_summary(frame: pl.DataFrame, projection: Projection) -> dict:
     }
 
 
+PREDICTION_COLUMNS = (KEY, PROTEIN, "group", BINDS, "prob")
+
+
+def valid_predictions(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows ``score`` is computed from (share and non-share), with the model's score: molecule key, protein,
+    group, label and ``prob``, sorted, for ``python -m stages.compare`` to pair two runs' predictions row by row."""
+    return (
+        frame.filter(pl.col("group").is_in(SCORED))
+        .select(KEY, pl.col(PROTEIN).cast(pl.String), pl.col("group").cast(pl.String), BINDS, "prob")
+        .sort("group", PROTEIN, KEY)
+    )
+
+
 @dataclass(frozen=True)
 class EvaluateOutput:
     metrics: Path
     summary: Path
     plots: Path
+    predictions: Path | None = None  # the scored valid rows (valid_predictions), for stages.compare
 
 
 def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir: Path, model_dir: Path,
@@ -651,13 +702,15 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
             if curve is not None:
                 write_csv(curve, tmp / f"{name}.csv")
         write_csv(feature_importance(model, params.top_features), tmp / "importance.csv")
+    if out.predictions is not None:
+        write_parquet(valid_predictions(frame), out.predictions)
     write_json(out.summary, summary)
     write_json(out.metrics, metrics)
     return metrics
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
-    out = EvaluateOutput(args.metrics, args.summary, args.plots)
+    out = EvaluateOutput(args.metrics, args.summary, args.plots, args.predictions)
     metrics = evaluate(params.evaluate, args.train_rows, args.valid_rows, args.features, args.models, out,
                        params.resources.evaluate_memory_mb, args.half_model)  # fmt: skip
     log.info(
@@ -677,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
             summary="JSON of counts and positive rates",
             plots="directory of plot data",
         )
+        .option("--predictions", type=Path, help="parquet of the scored valid rows (stages.compare)")
         .option(
             "--half-model",
             type=Path,

@@ -149,6 +149,7 @@ MODULE_STALES: dict[str, set[str]] = {
     "boosting": FITS,
     "chem": FEATURIZE,
     "cli": set(),
+    "compare": set(),
     "dataset": ALL_STAGES - {"generate"},
     "engine": set(),
     "errors": set(),

@@ -514,3 +514,13 @@ def test_push_takes_only_the_keys_of_its_trust_level(tmp_path, protected):
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"DVC_{role}_ACCESS_KEY_ID / DVC_{role}_SECRET_ACCESS_KEY not set" in result.stderr, result.stderr
     assert "pushing" not in result.stdout
+
+
+@needs_gcl
+def test_the_sweep_runs_on_merge_requests_only_by_hand_or_by_variable(tmp_path):
+    project = gcl_project(tmp_path / "p", {"clean.py": CLEAN})
+    assert listed_jobs(project, *MERGE_REQUEST)["sweep"] == "manual"
+    assert listed_jobs(project, *MERGE_REQUEST, "SWEEP=true")["sweep"] == "on_success"
+    assert "sweep" not in listed_jobs(project)  # the default branch
+    assert "sweep" not in listed_jobs(project, "CI_COMMIT_BRANCH=feature", "SWEEP=true")
+    assert "sweep" not in listed_jobs(project, "CI_PIPELINE_SOURCE=schedule", "PIPELINE_MODE=score")

@@ -237,11 +237,61 @@ def files_containing(root: Path, *secrets: str) -> list[str]:
     return found
 
 
+REFERENCE = Path(__file__).with_name(
+    "trust_clean_run.json"
+)  # a clean runner's run of main (--update records it)
+OUTPUT_FOLDERS = ("data", "models", "metrics")
+
+
+def main_repo(path: Path) -> Repo:
+    """main as the test starts it: the project with TINY params, committed."""
+    main = make_repo(path, TINY)
+    main.set_params({"resources": {"feature_cache": None}})
+    main.commit("the pipeline")
+    return main
+
+
+def append_rows(main: Repo) -> None:
+    """main's next commit: 10% more training molecules."""
+    train_molecules = main.params()["generate"]["train_molecules"]
+    main.set_params({"generate": {"train_molecules": train_molecules * 11 // 10}})
+    main.commit("10% more training molecules")
+
+
+def clean_run_record(root: Path, cache: Path | None = None) -> dict:
+    """What a run of the pipeline leaves: the sha256 of every output file, dvc.lock's outs (stage:path: md5) and,
+    from a clean run's own DVC cache (``cache``), the cache objects it made (what its push would send)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    record = {
+        "files": {name: digest for name, digest in tree_hashes(root, *OUTPUT_FOLDERS).items()},
+        "lock_outs": {
+            f"{stage}:{out['path']}": out["md5"]
+            for stage, body in lock["stages"].items()
+            for out in body.get("outs", [])
+        },
+    }
+    if cache is not None:
+        record["cache"] = sorted(
+            key.removeprefix("cache/files/md5/").replace("/", "", 1) for key in cache_files(cache)
+        )
+    return record
+
+
+def record_clean_run(workdir: Path) -> dict:
+    """A clean runner's run of main after the appended rows: the same commit as the test's, no cache, no remote."""
+    main = main_repo(workdir / "main")
+    append_rows(main)
+    run([sys.executable, "-m", "dvc", "repro"], main.path,
+        env=project_env() | {"BELKA_FEATURE_CACHE": str(workdir / "clean-features")})  # fmt: skip
+    return clean_run_record(main.path, main.path / ".dvc" / "cache")
+
+
 @needs_gcl
 def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, monkeypatch):
     """A hostile merge request runs on the merge-request runner as docs/ci.md sets it up; then main's `reproduce`,
-    after appended rows and without dvc.lock, on the protected runner: main's outputs and dvc.lock equal a clean
-    runner's, the trusted remote and volume hold nothing from the merge request, and the merge request's job saw
+    after appended rows and without dvc.lock, on the protected runner: main's outputs (their bytes, and dvc.lock's
+    outs) equal a clean runner's (recorded in trust_clean_run.json: a clean run of the same commit, which the test
+    no longer repeats), the trusted remote and volume hold nothing from the merge request, and the merge request's job saw
     no protected key."""
     if not can_mount_read_only(tmp_path):
         pytest.skip("no private mount namespace here (unshare --mount needs CAP_SYS_ADMIN)")
@@ -254,9 +304,7 @@ def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, mo
     job_bin = layered_venv(tmp_path / "job-venv")
 
     # main's earlier work on the protected runner: the trusted volume and remote hold main's first run.
-    main = make_repo(tmp_path / "main", TINY)
-    main.set_params({"resources": {"feature_cache": None}})
-    main.commit("the pipeline")
+    main = main_repo(tmp_path / "main")
     (main.path / ".git" / "info" / "exclude").write_text(".gitlab-ci-local/\n")
     seed_env = project_env() | env | {"BELKA_FEATURE_CACHE": str(trusted / "features")}
     seed_env.update(zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), s3.keys["WRITE"], strict=True))
@@ -265,9 +313,7 @@ def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, mo
         subprocess.run([sys.executable, "-m", "dvc", *args], cwd=main.path, env=seed_env, check=True,
                        capture_output=True)  # fmt: skip
     # main gets 10% more training molecules; its dvc.lock is not committed (the run cache is what restores)
-    train_molecules = main.params()["generate"]["train_molecules"]
-    main.set_params({"generate": {"train_molecules": train_molecules * 11 // 10}})
-    main.commit("10% more training molecules")
+    append_rows(main)
     clean_as_gitlab_does(main)
     set_gitlab_origin(main.path)
 
@@ -342,15 +388,14 @@ def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, mo
     assert 0 < counts["computed"] < counts["unique"] // 5, counts  # the trusted feature cache, warm
     assert "Running stage 'generate'" in log, log  # not restored from the merge request's run cache
 
-    # A clean runner: the same commit, no cache, no remote.
-    subprocess.run(["git", "clone", "-q", str(main.path), str(tmp_path / "clean")], check=True)
-    clean = Repo(tmp_path / "clean")
-    run([sys.executable, "-m", "dvc", "repro"], clean.path,
-        env=project_env() | {"BELKA_FEATURE_CACHE": str(tmp_path / "clean-features")})  # fmt: skip
-
-    folders = ("data", "models", "metrics")
-    assert tree_hashes(main.path, *folders) == tree_hashes(clean.path, *folders)
-    assert (main.path / "dvc.lock").read_text() == (clean.path / "dvc.lock").read_text()
+    # What a clean runner gives for the same commit (no cache, no remote): the reference committed beside this file
+    # (the outputs' bytes and dvc.lock's outs), recorded by `python -m tests.e2e.test_trust --update`.
+    reference = json.loads(REFERENCE.read_text())
+    assert clean_run_record(main.path) == {key: reference[key] for key in ("files", "lock_outs")}, (
+        f"main's outputs after the merge request differ from a clean runner's ({REFERENCE.name}): either the merge "
+        "request reached them, or a change of the stages changed their outputs on purpose: then record them again "
+        "with `python -m tests.e2e.test_trust --update` (a clean dvc repro of this commit, no merge request)"
+    )
     assert poisoned not in (main.path / "dvc.lock").read_text()
 
     # The trusted remote holds main's outputs and run cache, nothing the merge request wrote.
@@ -359,6 +404,21 @@ def test_hostile_merge_request_cannot_reach_what_main_reads(iam_s3, tmp_path, mo
     new = {
         key for key in trusted_objects.keys() - trusted_remote_before.keys() if key.startswith("cache/files/")
     }
-    assert new and new <= cache_files(clean.path / ".dvc" / "cache"), new
+    assert new and new <= {f"cache/files/md5/{md5[:2]}/{md5[2:]}" for md5 in reference["cache"]}, new
     assert files_containing(trusted, *protected) == [] and files_containing(main.path, *protected) == []
     assert not (tmp_path / "home-cache").exists()  # every job used its volume's feature cache
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="record a clean runner's run of the test's main commit")
+    parser.add_argument("--update", action="store_true", required=True)
+    parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        record = record_clean_run(Path(workdir))
+    REFERENCE.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(
+        f"{REFERENCE}: {len(record['files'])} files, {len(record['lock_outs'])} outs, {len(record['cache'])} objects"
+    )
