@@ -108,7 +108,7 @@ def test_without_the_final_fit_the_submission_is_the_split_models(mini_run: Mini
     submission = predict.predict_file(mini_run.test_features, mini_run.test_rejects, tmp_path / "final", 1000)
     assert submission.equals(pl.read_csv(mini_run.submission))  # mini_run's submission is the split model's
     out = tmp_path / "submission.csv"
-    assert predict.main(["--models", str(tmp_path / "final"), "--half-model", str(tmp_path / "half"), "--features", str(mini_run.test_features),
+    assert predict.main(["--models", str(tmp_path / "final"), "--features", str(mini_run.test_features),
                          "--rejects", str(mini_run.test_rejects), "--output", str(out)]) == 0  # fmt: skip
     logged = capsys.readouterr().err  # predict's log line says which model scored
     assert "with the split model" in logged and "train.final_fit is false" in logged, logged
