@@ -252,3 +252,22 @@ def belka_sample() -> Path:
     if not SHARED_SAMPLE.exists():
         pytest.skip(f"{SHARED_SAMPLE} not present (it is a fixture from ../shared, never copied here)")
     return SHARED_SAMPLE
+
+
+@pytest.fixture
+def gitlab():
+    """A stand-in for GitLab's notes API on loopback (tests/test_mr_report.py's FakeGitLab): (fake, API URL)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_mr_report import FakeGitLab
+
+    fake = FakeGitLab()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake, f"http://127.0.0.1:{server.server_address[1]}/api/v4"
+    finally:
+        server.shutdown()
+        thread.join()

@@ -11,9 +11,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import polars as pl
@@ -110,19 +108,6 @@ class FakeGitLab:
             do_GET = do_POST = do_PUT = _handle
 
         return Handler
-
-
-@pytest.fixture
-def gitlab() -> Iterator[tuple[FakeGitLab, str]]:
-    fake = FakeGitLab()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}/api/v4"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 def report(

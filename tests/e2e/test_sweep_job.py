@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -20,7 +18,7 @@ import yaml
 from tests.conftest import Repo, make_repo, project_env, run
 from tests.e2e.test_remote import ACCESS_KEY, SECRET_KEY
 from tests.test_gitlab_ci import GITLAB_ORIGIN, MERGE_REQUEST, gcl, layered_venv, needs_gcl, set_gitlab_origin
-from tests.test_mr_report import TOKEN, FakeGitLab
+from tests.test_mr_report import TOKEN
 from tests.test_sweep import tables
 
 pytestmark = pytest.mark.slow
@@ -59,19 +57,6 @@ def objects(endpoint: str, bucket: str) -> set[str]:
                           aws_secret_access_key=SECRET_KEY)  # fmt: skip
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return {item["Key"] for page in pages for item in page.get("Contents", [])}
-
-
-@pytest.fixture
-def gitlab() -> Iterator[tuple[FakeGitLab, str]]:
-    fake = FakeGitLab()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}/api/v4"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 def aws(endpoint: str) -> dict[str, str]:
