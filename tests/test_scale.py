@@ -126,13 +126,22 @@ def test_scale_small_run(tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads((out / "scale-30k.json").read_text())
-    ran = {s["scenario"]: [st["stage"] for st in s["stages"]] for s in data["scenarios"]}
-    everything = ["featurize@train", "featurize@test", "split", "train", "final", "evaluate", "predict"]
+    ran = {s["scenario"]: {st["stage"] for st in s["stages"]} for s in data["scenarios"]}
+    everything = {
+        "featurize@train",
+        "featurize@test",
+        "split",
+        "train",
+        "final",
+        "learning_curve",
+        "evaluate",
+        "predict",
+    }
     assert ran == {
         "from nothing": everything,
-        "A: append 10%": [name for name in everything if name != "featurize@test"],
-        "B: xgb.max_depth=8": ["train", "final", "evaluate", "predict"],
-        "C: new test data": ["featurize@test", "predict"],
+        "A: append 10%": everything - {"featurize@test"},
+        "B: xgb.max_depth=8": {"train", "final", "learning_curve", "evaluate", "predict"},
+        "C: new test data": {"featurize@test", "predict"},
     }
     first = data["scenarios"][0]
     assert all(s["peak_rss"] > 0 and s["cpu_s"] > 0 and s["wall_s"] > 0 for s in first["stages"])

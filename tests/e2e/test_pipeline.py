@@ -22,15 +22,17 @@ ALL_STAGES = {
     "split",
     "train",
     "final",
+    "learning_curve",
     "evaluate",
     "predict",
 }
 MODEL_STAGES = {
     "train",
     "final",
+    "learning_curve",
     "evaluate",
     "predict",
-}  # scenario B: both fits, the estimate, the submission
+}  # scenario B: the three fits, the estimate, the submission
 
 
 @pytest.fixture
@@ -224,7 +226,7 @@ def test_small_model_beats_chance_and_each_split_method_scores_its_groups(cloned
         cloned.set_params({"split": {"method": method}})
         # the final model reads every labelled row, whatever the split: refit with the same rounds, it is the same
         # model, so predict is not rerun
-        assert set(cloned.repro()) == {"split", "train", "final", "evaluate"}
+        assert set(cloned.repro()) == {"split", "train", "final", "learning_curve", "evaluate"}
         metrics = json.loads(cloned.read("metrics/evaluate.json"))
         pairs = json.loads(cloned.read("metrics/evaluate-summary.json"))["pairs"]
         assert {pair.split("/")[1] for pair in pairs} == groups, pairs
@@ -297,7 +299,16 @@ def test_scoring_the_test_file_on_demand_equals_the_submission(reproduced_repo: 
 
 
 def test_every_stage_runs_outside_dvc(reproduced_repo: Repo) -> None:
-    for stage in ("generate", "featurize", "split", "train", "final", "evaluate", "predict"):
+    for stage in (
+        "generate",
+        "featurize",
+        "split",
+        "train",
+        "final",
+        "learning_curve",
+        "evaluate",
+        "predict",
+    ):
         out = run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=reproduced_repo.path).stdout
         assert "usage: python -m stages." in out and "--params" in out, stage
     help_text = run([sys.executable, "-m", "stages.featurize", "--help"], cwd=reproduced_repo.path).stdout

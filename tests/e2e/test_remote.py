@@ -270,7 +270,7 @@ def test_gitlab_ci_local_runs_the_reproduce_job(reproduced_repo, pushed, s3_endp
     result = reproduce_job(project.path, job_bin, s3_endpoint)
     log = result.stdout + result.stderr
     assert "FAIL  reproduce" in log and "FAIL 1" in log, log
-    assert sorted(set(ran_stages(log))) == ["evaluate", "final", "predict", "train"], log
+    assert sorted(set(ran_stages(log))) == ["evaluate", "final", "learning_curve", "predict", "train"], log
     assert re.search(r"\d+ files? pushed", log), log  # the new model reached the remote before the check
     assert "dvc.lock on main is not what 'dvc repro' gives" in log, log
 
