@@ -260,10 +260,15 @@ def append_rows(main: Repo) -> None:
 
 def clean_run_record(root: Path, cache: Path | None = None) -> dict:
     """What a run of the pipeline leaves: the sha256 of every output file, dvc.lock's outs (stage:path: md5) and,
-    from a clean run's own DVC cache (``cache``), the cache objects it made (what its push would send)."""
+    from a clean run's own DVC cache (``cache``), the cache objects it made (what its push would send). DVC's
+    .gitignore files are left out: their lines come in the order the stages happened to run."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     record = {
-        "files": {name: digest for name, digest in tree_hashes(root, *OUTPUT_FOLDERS).items()},
+        "files": {
+            name: digest
+            for name, digest in tree_hashes(root, *OUTPUT_FOLDERS).items()
+            if Path(name).name != ".gitignore"
+        },
         "lock_outs": {
             f"{stage}:{out['path']}": out["md5"]
             for stage, body in lock["stages"].items()
