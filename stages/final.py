@@ -22,7 +22,7 @@ from pathlib import Path
 
 from stages.atomic import atomic_dir
 from stages.cli import Command
-from stages.fitting import FitPlan, train_model
+from stages.fitting import FitPlan, split_model_rounds, train_model
 from stages.io import read_json, write_json
 from stages.model import MANIFEST, load_model
 from stages.params import Params
@@ -34,8 +34,7 @@ FINAL_ROWS = "every labelled row (the split's train and valid parts and the mixe
 
 def final_plan(split_manifest: dict) -> FitPlan:
     """The final fit: every labelled row, each booster boosted for the rounds the split model kept."""
-    rounds = {key: int(best) + 1 for key, best in split_manifest["best_iteration"].items()}
-    return FitPlan("final", FINAL_ROWS, ("train", "valid"), rounds)
+    return FitPlan("final", FINAL_ROWS, ("train", "valid"), split_model_rounds(split_manifest))
 
 
 def copy_split_model(split_dir: Path, model_dir: Path) -> dict:

@@ -28,6 +28,12 @@ from stages.params import Params, threads
 from stages.train_rows import fit_preprocessing, part_selections
 
 
+def split_model_rounds(split_manifest: dict) -> dict[str, int]:
+    """The rounds each booster of the split model kept (best iteration + 1): what the final and half fits boost,
+    without early stopping."""
+    return {key: int(best) + 1 for key, best in split_manifest["best_iteration"].items()}
+
+
 @dataclass(frozen=True)
 class FitPlan:
     """Which model a run of train makes, recorded in its manifest: the split model (the split's train part, early

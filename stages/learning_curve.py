@@ -25,7 +25,7 @@ import polars as pl
 from stages.atomic import atomic_dir, scratch_dir
 from stages.cli import Command
 from stages.dataset import KEY, iter_row_batches
-from stages.fitting import FitPlan, train_model
+from stages.fitting import FitPlan, split_model_rounds, train_model
 from stages.io import shard_name, write_json, write_parquet
 from stages.model import MANIFEST, load_model
 from stages.params import Params
@@ -57,8 +57,7 @@ def write_half_rows(rows_dir: Path, out_dir: Path, seed: int) -> int:
 
 def half_plan(split_manifest: dict) -> FitPlan:
     """The half fit: each booster boosted for the rounds the split model kept, as the final fit is."""
-    rounds = {key: int(best) + 1 for key, best in split_manifest["best_iteration"].items()}
-    return FitPlan("half", HALF_ROWS, ("train",), rounds)
+    return FitPlan("half", HALF_ROWS, ("train",), split_model_rounds(split_manifest))
 
 
 def fit_half(params: Params, rows_dir: Path, features_dir: Path, split_dir: Path, model_dir: Path) -> dict:
