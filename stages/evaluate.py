@@ -603,13 +603,13 @@ def pair_aps(frame: pl.DataFrame, column: str) -> dict[tuple[str, str], float | 
     }
 
 
-def leaderboard_point(frame: pl.DataFrame, projection: Projection | None, metrics: dict) -> float | None:
+def leaderboard_point(curve: dict | None, metrics: dict) -> float | None:
     """The leaderboard estimate: the mean over the scored pairs of each pair's AP projected to the final fit's
-    rows; without a projection (the final model is the split model), the split model's ``score``."""
-    if projection is None:
+    rows (``curve``: :func:`learning_curve_summary`); without one (the final model is the split model), the split
+    model's ``score``."""
+    if curve is None:
         return metrics.get("score")
-    split, half = pair_aps(frame, "prob"), pair_aps(frame, HALF_PROB)
-    return _mean([None if (v := projection.of(split[k], half[k])) is None else float(v) for k in split])
+    return _mean([pair["final_projected"] for pair in curve["pairs"].values()])
 
 
 def learning_curve_summary(frame: pl.DataFrame, projection: Projection) -> dict:
@@ -634,9 +634,6 @@ def learning_curve_summary(frame: pl.DataFrame, projection: Projection) -> dict:
         },
         "half_score": _mean(list(half.values())),
     }
-
-
-PREDICTION_COLUMNS = (KEY, PROTEIN, "group", BINDS, "prob")
 
 
 def valid_predictions(frame: pl.DataFrame) -> pl.DataFrame:
@@ -684,14 +681,14 @@ def evaluate(params: Evaluate, train_rows: Path, valid_rows: Path, features_dir:
     metrics, summary = score_predictions(frame, params.min_positives)
     summary["rows"], summary["positives"] = kept.rows, kept.positives  # all valid rows, not only those kept
     summary["mixed_sample"] = {"size": params.mixed_sample, **kept.mixed}
-    projection = None
+    projection = curve = None
     if half is not None:
         split_rows = int(model.manifest["fit"]["labelled_rows"])
         projection = Projection(
             int(half.manifest["fit"]["labelled_rows"]), split_rows, split_rows + kept.rows
         )
-        summary["learning_curve"] = learning_curve_summary(frame, projection)
-    if (estimate := leaderboard_point(frame, projection, metrics)) is not None:
+        curve = summary["learning_curve"] = learning_curve_summary(frame, projection)
+    if (estimate := leaderboard_point(curve, metrics)) is not None:
         metrics[LEADERBOARD] = estimate
     summary["bootstrap"] = bootstrap_intervals(
         frame, params.bootstrap_samples, params.seed, budget, projection

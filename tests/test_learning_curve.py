@@ -12,7 +12,13 @@ import pytest
 
 from stages import evaluate, learning_curve
 from stages.dataset import KEY
-from stages.evaluate import HALF_PROB, Projection, leaderboard_point, prediction_interval
+from stages.evaluate import (
+    HALF_PROB,
+    Projection,
+    leaderboard_point,
+    learning_curve_summary,
+    prediction_interval,
+)
 from stages.model import load_model
 from stages.train import train_model
 from tests.conftest import MiniRun
@@ -54,11 +60,9 @@ def test_the_leaderboard_point_projects_each_pair_and_averages():
         ("HSA", "non_share", [0, 1, 0], [0.3, 0.2, 0.1], [0.3, 0.2, 0.1]),
     )
     # factor 0.5: BRD4/share 0.8333 + 0.5 x 0.25 = 0.9583, HSA/non_share 0.5: mean 0.7292
-    point = leaderboard_point(scored, Projection(100, 400, 800), {"score": 2 / 3})
+    point = leaderboard_point(learning_curve_summary(scored, Projection(100, 400, 800)), {"score": 2 / 3})
     assert point == pytest.approx((0.8333333 + 0.125 + 0.5) / 2, abs=1e-6)
-    assert leaderboard_point(scored, None, {"score": 2 / 3}) == pytest.approx(
-        2 / 3
-    )  # no half model: the score
+    assert leaderboard_point(None, {"score": 2 / 3}) == pytest.approx(2 / 3)  # no half model: the score
 
 
 def test_the_prediction_interval_adds_a_leaderboards_own_noise():
