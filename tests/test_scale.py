@@ -11,6 +11,7 @@ import pytest
 
 from bench import scale
 from tests.conftest import ROOT, project_env
+from tests.e2e.test_pipeline import ALL_STAGES, MODEL_STAGES
 
 GB = 1e9
 
@@ -127,20 +128,11 @@ def test_scale_small_run(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads((out / "scale-30k.json").read_text())
     ran = {s["scenario"]: {st["stage"] for st in s["stages"]} for s in data["scenarios"]}
-    everything = {
-        "featurize@train",
-        "featurize@test",
-        "split",
-        "train",
-        "final",
-        "learning_curve",
-        "evaluate",
-        "predict",
-    }
+    everything = ALL_STAGES - {"generate"}  # generate's data is not read
     assert ran == {
         "from nothing": everything,
         "A: append 10%": everything - {"featurize@test"},
-        "B: xgb.max_depth=8": {"train", "final", "learning_curve", "evaluate", "predict"},
+        "B: xgb.max_depth=8": MODEL_STAGES,
         "C: new test data": {"featurize@test", "predict"},
     }
     first = data["scenarios"][0]
