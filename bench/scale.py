@@ -38,6 +38,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -71,6 +72,10 @@ SETTINGS = {  # the README's settings for full BELKA
 SCENARIOS = ("from nothing", "A: append 10%", "B: xgb.max_depth=8", "C: new test data")
 TEST_SIDE = ("featurize@test", "predict")  # their rows are the test rows
 BELKA_TEST_MOLECULES = 878_022
+FIT_ESTIMATE = re.compile(  # stages.memory's line before a fit reads any row
+    r"(?P<fit>split|final|half) fit: [\d,]+ rows kept x [\d,]+ features .*? needs about (?P<gb>[\d.]+) GB in memory"
+)
+FIT_STAGES = {"split": "train", "final": "final", "half": "learning_curve"}
 OPENMP_STAGES = (
     "train",
     "final",
@@ -248,6 +253,7 @@ class Pipeline:
             )
         log = log_path.read_text()
         written = lock_outputs(self.repo)
+        estimates = {FIT_STAGES[m["fit"]]: round(float(m["gb"]) * GB) for m in FIT_ESTIMATE.finditer(log)}
         stages = []
         for line in self.records.read_text().splitlines()[mark:]:
             record = json.loads(line)
@@ -269,6 +275,7 @@ class Pipeline:
                     "peak_rss": rss.stages.get(name, 0),
                     "output_bytes": written.get(name, 0),
                     "log": featurized[0] if featurized else "",
+                    "memory_estimate": estimates.get(name),
                 }
             )
             print(
@@ -297,7 +304,7 @@ class Pipeline:
     def caches(self) -> dict[str, Path]:
         return {"feature cache": self.feature_cache, "DVC cache": self.repo / ".dvc" / "cache"}
 
-    def run(self, save: Callable[[dict], None]) -> None:
+    def run(self, save: Callable[[dict], None], scenario_count: int = len(SCENARIOS)) -> None:
         """Write the data, run the scenarios in turn, and ``save`` the result after each (a long run that stops
         keeps what it measured; ``complete`` says whether every scenario ran)."""
         dvc, commit = [sys.executable, "-m", "dvc"], git_head()
@@ -311,7 +318,7 @@ class Pipeline:
         }
         commands = {SCENARIOS[2]: [*dvc, "exp", "run", "-S", "xgb.max_depth=8", *self.targets]}
         scenarios = []
-        for scenario in SCENARIOS:
+        for scenario in SCENARIOS[:scenario_count]:
             changes.get(scenario, lambda: None)()
             scenarios.append(self.measure(scenario, commands.get(scenario, [*dvc, "repro", *self.targets])))
             params = yaml.safe_load((self.repo / "params.yaml").read_text())
@@ -576,6 +583,29 @@ def memory_section(results: list[dict]) -> list[str]:
     ]
 
 
+def estimate_section(results: list[dict]) -> list[str]:
+    """The fits' memory estimates, logged before any row was read, against their measured peak RSS."""
+    rows = [
+        [human(r["rows"]), scenario["scenario"], s["stage"], fmt_bytes(s["memory_estimate"]), fmt_bytes(s["peak_rss"]),
+         f"{s['memory_estimate'] / s['peak_rss'] - 1:+.0%}"]
+        for r in results
+        for scenario in r["scenarios"]
+        for s in scenario["stages"]
+        if s.get("memory_estimate") and s["peak_rss"]
+    ]  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "Train's memory estimate (`stages.memory`, logged before the fit reads a row) against the fit's measured "
+        "peak RSS:",
+        "",
+        *markdown_table(
+            ["rows", "scenario", "stage", "estimate", "measured peak", "error"], rows, leading_text=3
+        ),
+        "",
+    ]
+
+
 def markdown(results: list[dict]) -> str:
     """The report of one or more sizes' results (any order): a table per size, then, with two sizes or more, the
     growth exponents, peak RSS of the largest against the smallest and the projection to BELKA's size."""
@@ -588,6 +618,7 @@ def markdown(results: list[dict]) -> str:
         lines += size_section(result)
     if len(results) > 1:
         lines += growth_section(results) + memory_section(results) + projection_section(results)
+    lines += estimate_section(results)
     return "\n".join(lines)
 
 
@@ -614,7 +645,8 @@ def run_sizes(args: argparse.Namespace) -> int:
         work.mkdir(parents=True)
         try:
             Pipeline(work, rows, overrides).run(
-                lambda result, rows=rows: save_json(result_path(args.results_dir, rows), result)
+                lambda result, rows=rows: save_json(result_path(args.results_dir, rows), result),
+                args.scenarios,
             )
         finally:
             if not args.keep:
@@ -656,6 +688,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="another params.yaml value, after the full-BELKA settings (e.g. xgb.n_estimators=5)",
+    )
+    run.add_argument(
+        "--scenarios",
+        type=int,
+        choices=range(1, len(SCENARIOS) + 1),
+        default=len(SCENARIOS),
+        help=f"run the first N of: {'; '.join(SCENARIOS)} (default: all)",
     )
     run.add_argument("--workdir", type=Path, default=Path("/tmp/belka-scale"), help="removed first and after")
     run.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
