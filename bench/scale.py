@@ -509,6 +509,10 @@ def projection(results: list[dict], stage: str) -> dict:
 def projection_section(results: list[dict]) -> list[str]:
     rows, totals = [], dict.fromkeys(CORES, 0.0)
     for stage in from_nothing(results[-1]):
+        proxy = PROXIES.get(stage, (stage,))[0]
+        if len({s["rows"] for s in runs_of(results, proxy)}) < 2:  # a stage new since the smaller runs
+            rows.append([stage, "n/a (measured at one size)", *[""] * (4 + len(CORES))])
+            continue
         p = projection(results, stage)
         for cores in CORES:
             totals[cores] += p["wall_s"][cores]
@@ -611,7 +615,9 @@ def markdown(results: list[dict]) -> str:
     growth exponents, peak RSS of the largest against the smallest and the projection to BELKA's size."""
     results = sorted(results, key=lambda r: r["rows"])
     lines = [
-        f"## The whole DAG by size (bench/scale.py): {', '.join(human(r['rows']) for r in results)} rows",
+        "## The whole DAG by size (bench/scale.py)",
+        "",
+        f"Sizes: {', '.join(human(r['rows']) for r in results)} rows.",
         "",
     ]
     for result in results:

@@ -3,7 +3,7 @@ runner, compared with the target branch's run on the same valid molecules, in on
 
     python ci/sweep.py plan --grid ci/sweep.grid --max 8        expand the grid, validate every experiment's
                                                                params with the params schema, refuse past the cap
-    python ci/sweep.py run --prefix mr3-p77                      `dvc exp run --temp` each experiment (a failed one
+    python ci/sweep.py run --prefix mr3-j77                      `dvc exp run --temp` each experiment (a failed one
                                                                is recorded, the others run); sweep/results.json
     python ci/sweep.py note --base main [--dry-run]              the table (sorted by score, the base first) and the
                                                                paired differences, posted as the MR's sweep note

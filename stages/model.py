@@ -157,15 +157,19 @@ class Model:
         raise InputError(f"{found}. Featurize and train with the same featurize params (dvc repro)")
 
     def predict(self, rows: pl.DataFrame, store: MoleculeStore) -> np.ndarray:
-        molecules = molecule_matrix(rows, store, self.scaler)
+        """Each row's probability of binding. A per-protein model builds one protein's matrix at a time, so a
+        batch holds one float32 matrix of its largest protein's rows, not all rows' plus a masked copy."""
         if self.joint:
-            matrix = np.hstack([protein_matrix(rows, self.encoder), molecules])
+            matrix = np.hstack(
+                [protein_matrix(rows, self.encoder), molecule_matrix(rows, store, self.scaler)]
+            )
             return self.boosters[JOINT].inplace_predict(matrix).astype(np.float64)
         probabilities = np.empty(len(rows), dtype=np.float64)
         proteins = rows[PROTEIN].to_numpy()
         for protein in np.unique(proteins):
             mask = proteins == protein
-            probabilities[mask] = self.boosters[protein].inplace_predict(molecules[mask])
+            matrix = molecule_matrix(rows.filter(pl.Series(mask)), store, self.scaler)
+            probabilities[mask] = self.boosters[protein].inplace_predict(matrix)
         return probabilities
 
     def total_gain(self) -> dict[str, float]:

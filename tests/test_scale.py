@@ -46,7 +46,7 @@ def results() -> list[dict]:
 
 def test_markdown_tables(results):
     text = scale.markdown(results)
-    assert text.startswith("## The whole DAG by size (bench/scale.py): 1M, 3M rows")
+    assert text.startswith("## The whole DAG by size (bench/scale.py)\n\nSizes: 1M, 3M rows.")
     assert text.index("### 1M rows") < text.index("### 3M rows")
     assert "| from nothing | featurize@train | 30.0 | 30.0 | 1.00 | 3 MB | 3,000,000 | 100,000 |" in text
     assert "| C: new test data | predict | 6.0 | 6.5 | 1.50 | 3 MB | 15,000 | 2,500 |" in text
@@ -57,6 +57,20 @@ def test_markdown_tables(results):
     assert "| predict | 0.00 |" in text and "| 0.50 / 1.50 |" in text
     assert "| featurize@train | 1.00 | 1.00 | 1.00 |" in text  # peak RSS, 3M against 1M
     assert "| predict | 0.50 | 1.50 | 3.00 |" in text
+
+
+def test_estimate_table(results):
+    """The fits' logged memory estimates against their measured peaks; stages without an estimate are left out."""
+    first = results[0]["scenarios"][0]["stages"]
+    first.append({**stage("train", 3_000_000, 9.0, 9.0, 5.0, 1.25 * GB), "memory_estimate": 1.5 * GB})
+    text = scale.markdown(results)
+    assert "| 3M | from nothing | train | 1.50 GB | 1.25 GB | +20% |" in text
+    assert text.count("| from nothing | train |") == 2  # the 3M size table's line, and the estimate's
+    assert "| train | n/a (measured at one size) |" in text  # no projection from one size
+
+
+def test_no_estimates_no_estimate_table(results):
+    assert "memory estimate" not in scale.markdown(results)
 
 
 def test_projection(results):
@@ -141,6 +155,10 @@ def test_scale_small_run(tmp_path):
     assert data["rows"] == 30_000 and data["scenarios"][1]["train_rows"] == 33_000
     assert "(10000 reused from the feature cache, 1000 computed)" in data["scenarios"][1]["stages"][0]["log"]
     assert data["settings"]["featurize.fingerprint.n_bits"] == 2048
+    # each fit's memory estimate, from the line stages.memory logs before the fit reads a row
+    estimates = {s["stage"]: s["memory_estimate"] for s in first["stages"] if s["memory_estimate"]}
+    assert set(estimates) == {"train", "final", "learning_curve"}, first["stages"]
+    assert all(0.1 * GB < estimate < 10 * GB for estimate in estimates.values()), estimates
     assert "| A: append 10% | featurize@train |" in done.stdout
     assert not any(work.iterdir())  # each size's work directory removed after its run
     report = subprocess.run([sys.executable, "bench/scale.py", "report", "--results-dir", str(out)], cwd=ROOT,

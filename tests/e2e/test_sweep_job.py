@@ -129,7 +129,7 @@ def test_the_sweep_job_runs_pushes_and_compares_the_experiments(s3, gitlab, tmp_
     # the experiments' refs in the git remote, their outputs in the merge-request remote, nothing in the trusted
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], experiments_remote).stdout.split()
     names = sorted(ref.rsplit("/", 1)[1] for ref in refs)
-    assert len(names) == 2 and all(name.startswith("mr7-p") for name in names), refs
+    assert len(names) == 2 and all(name.startswith("mr7-j") for name in names), refs
     assert sorted(name.rsplit("-", 1)[1] for name in names) == ["1", "2"], names
     pushed = objects(s3, MR_BUCKET)
     for ref in refs:
