@@ -3,6 +3,7 @@ memory, Markdown tables, and publishing a report. No benchmark runs from here.""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import subprocess
@@ -135,3 +136,18 @@ def count(n: int | None) -> str:
 
 def metric(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def definitions_at(ref: str, path: str, names: set[str], namespace: dict) -> dict:
+    """The module-level classes and functions ``names`` of ``path`` at commit ``ref``, compiled alone into
+    ``namespace`` (which provides what they use: numpy, helpers), for a benchmark against an earlier commit."""
+    source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    tree = ast.parse(source)
+    parts = [
+        ast.get_source_segment(source, node)
+        for node in tree.body
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name in names
+    ]
+    code = compile("from __future__ import annotations\n" + "\n\n".join(parts), f"{ref}:{path}", "exec")
+    exec(code, namespace)
+    return namespace

@@ -13,8 +13,6 @@ allocated (tracemalloc: numpy's buffers are traced).
 from __future__ import annotations
 
 import argparse
-import ast
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -25,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.common import parse_size  # noqa: E402
+from bench.common import definitions_at, parse_size  # noqa: E402
 from stages.dataset import find_sorted  # noqa: E402
 from stages.featurize import KeySet  # noqa: E402
 
@@ -33,22 +31,8 @@ from stages.featurize import KeySet  # noqa: E402
 def keyset_at(ref: str) -> type:
     """The ``KeySet`` class of ``stages/featurize.py`` at commit ``ref`` (its source alone, with numpy and
     ``find_sorted`` and any module-level helper it calls)."""
-    source = subprocess.run(
-        ["git", "show", f"{ref}:stages/featurize.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    tree = ast.parse(source)
-    wanted = {"KeySet", "merge_runs"}
-    parts = [
-        ast.get_source_segment(source, node)
-        for node in tree.body
-        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name in wanted
-    ]
-    namespace: dict = {"np": np, "find_sorted": find_sorted}
-    exec(
-        compile("from __future__ import annotations\n" + "\n\n".join(parts), f"{ref}:KeySet", "exec"),
-        namespace,
-    )
-    return namespace["KeySet"]
+    namespace = {"np": np, "find_sorted": find_sorted}
+    return definitions_at(ref, "stages/featurize.py", {"KeySet", "merge_runs"}, namespace)["KeySet"]
 
 
 def batches(keys: int, batch: int, repeat: float, seed: int) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ the process's peak memory per ``train.data_mode``:
   quantised, one byte a value at ``xgb.max_bin`` <= 256 (two up to 65,536), about 2.5 in memory as measured (with
   the column-major copy hist training builds), plus per-row buffers (labels, weights, row pointers, gradients,
   predictions, row partitions, the metric's sort), the expanded float32 batch while a matrix is built (at most a
-  shard of the rows: the shards are listed, not read), the boosting histograms, the molecule store's index (16 bytes
+  shard of the rows: the shards are listed, not read), the boosting histograms, the molecule store's index (12 bytes
   a molecule) and cached parts, and the process's own baseline (its RSS when the estimate is made);
 - ``external``: the quantised pages on disk under ``resources.external_memory_dir``; in memory the per-row buffers
   and the batch, and the pages XGBoost maps back from disk (they count in the RSS, about a byte a value as measured,
@@ -60,7 +60,7 @@ FIXED_BYTES = 100_000_000
 VALUE_BYTES = 2.5
 ROW_BYTES = 64
 BATCH_VALUE_BYTES = 7.4
-STORE_KEY_BYTES = 16  # the molecule store's index: key, part and row of each molecule
+STORE_KEY_BYTES = 12  # the molecule store's index: key and position of each molecule
 STORE_PARTS = 8  # molecule parts the store keeps decoded (MoleculeStore's keep_parts)
 # external: XGBoost reads its pages back through mmap, and the mapped pages count in the RSS (measured: about a
 # byte a value at these sizes); the kernel can drop them under pressure, so for external this is an upper bound

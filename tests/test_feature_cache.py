@@ -157,3 +157,19 @@ def test_a_cache_of_the_old_layout_is_never_read(sound: Sound, tmp_path: Path) -
     assert sorted(p.name for p in (cache / new_namespace).glob("part-*.keys")) == sorted(
         p.name for p in sound.cache.rglob("part-*.keys")
     )
+
+
+def test_part_index_finds_each_key_s_part_and_row():
+    """Keys laid out by hand over three parts (one empty, a key in two parts: the first part's row wins), looked
+    up in an order of their own with keys that are in no part; the index takes the list's arrays."""
+    from stages.molecules import PartIndex
+
+    parts = [np.array([40, 10, 30], np.int64), np.array([], np.int64), np.array([20, 10, 2**62], np.int64)]
+    index = PartIndex(parts)
+    assert parts == [] and len(index) == 6
+    wanted = np.array([2**62, 10, 5, 30, 20, 41, 40], np.int64)
+    found, part, row = index.locate(wanted)
+    assert found.tolist() == [True, True, False, True, True, False, True]
+    assert [(int(p), int(r)) for p, r, f in zip(part, row, found) if f] == [(2, 2), (0, 1), (0, 2), (2, 0), (0, 0)]
+    empty = PartIndex([])
+    assert not empty.locate(np.array([1], np.int64))[0].any()
