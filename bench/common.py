@@ -141,7 +141,9 @@ def metric(value: float | None) -> str:
 def definitions_at(ref: str, path: str, names: set[str], namespace: dict) -> dict:
     """The module-level classes and functions ``names`` of ``path`` at commit ``ref``, compiled alone into
     ``namespace`` (which provides what they use: numpy, helpers), for a benchmark against an earlier commit."""
-    source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     tree = ast.parse(source)
     parts = [
         ast.get_source_segment(source, node)

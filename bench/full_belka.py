@@ -30,7 +30,9 @@ from stages.params import Params, load_params  # noqa: E402
 GB = 1e9
 MOLECULES = 98_415_610
 POSITIVE_RATES = {"BRD4": 0.0046, "HSA": 0.0042, "sEH": 0.0074}
-FEATURIZE_BATCH_MOLECULES = 33_334  # molecules a featurize part holds at featurize.batch_rows 100,000 (3 rows each)
+FEATURIZE_BATCH_MOLECULES = (
+    33_334  # molecules a featurize part holds at featurize.batch_rows 100,000 (3 rows each)
+)
 BASELINE_BYTES = 400_000_000  # a fit process's RSS before it reads a row (measured: 0.3-0.4 GB)
 
 
@@ -47,7 +49,12 @@ def full_belka_params(k: int, mode: str) -> Params:
     return params.model_copy(
         update={
             "train": params.train.model_copy(
-                update={"negatives_per_positive": k, "data_mode": mode, "model": "per_protein", "final_fit": True}
+                update={
+                    "negatives_per_positive": k,
+                    "data_mode": mode,
+                    "model": "per_protein",
+                    "final_fit": True,
+                }
             ),
             "featurize": params.featurize.model_copy(
                 update={"fingerprint": params.featurize.fingerprint.model_copy(update={"n_bits": 2048})}

@@ -565,8 +565,15 @@ def projection_section(results: list[dict]) -> list[str]:
     ]
 
 
+def compared_size(results: list[dict]) -> dict:
+    """The size the largest is compared with for memory: the one nearest a tenth of its rows (30M against 3M),
+    so that the ratio reads as growth over ten times the data."""
+    large = results[-1]
+    return min(results[:-1], key=lambda r: abs(math.log(r["rows"] * 10 / large["rows"])))
+
+
 def memory_section(results: list[dict]) -> list[str]:
-    small, large = results[0], results[-1]
+    small, large = compared_size(results), results[-1]
     rows = []
     for stage, s in from_nothing(large).items():
         before = from_nothing(small).get(stage)
@@ -612,7 +619,7 @@ def estimate_section(results: list[dict]) -> list[str]:
 
 def markdown(results: list[dict]) -> str:
     """The report of one or more sizes' results (any order): a table per size, then, with two sizes or more, the
-    growth exponents, peak RSS of the largest against the smallest and the projection to BELKA's size."""
+    growth exponents, peak RSS of the largest against a tenth of it (or the nearest size) and the projection to BELKA's size."""
     results = sorted(results, key=lambda r: r["rows"])
     lines = [
         "## The whole DAG by size (bench/scale.py)",

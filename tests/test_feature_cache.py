@@ -170,6 +170,12 @@ def test_part_index_finds_each_key_s_part_and_row():
     wanted = np.array([2**62, 10, 5, 30, 20, 41, 40], np.int64)
     found, part, row = index.locate(wanted)
     assert found.tolist() == [True, True, False, True, True, False, True]
-    assert [(int(p), int(r)) for p, r, f in zip(part, row, found) if f] == [(2, 2), (0, 1), (0, 2), (2, 0), (0, 0)]
+    assert [(int(p), int(r)) for p, r, f in zip(part, row, found, strict=True) if f] == [
+        (2, 2),
+        (0, 1),
+        (0, 2),
+        (2, 0),
+        (0, 0),
+    ]
     empty = PartIndex([])
     assert not empty.locate(np.array([1], np.int64))[0].any()

@@ -197,11 +197,15 @@ def test_full_belka_table_keeps_every_positive_and_k_negatives_each():
     positives = round(molecules * 0.0046) + round(molecules * 0.0042) + round(molecules * 0.0074)
     split_positives = sum(round(round(molecules * 0.9**3 * 0.98) * rate) for rate in (0.0046, 0.0042, 0.0074))
     text = full_belka.table([20], held_out=0.1, valid_fraction=0.02)
-    rows = {line.split("|")[1].strip() + " " + line.split("|")[4].strip(): line for line in text.splitlines()[2:]}
+    rows = {
+        line.split("|")[1].strip() + " " + line.split("|")[4].strip(): line for line in text.splitlines()[2:]
+    }
     assert f"| {21 * positives:,} |" in rows["final (every labelled row) in_memory"]
     assert f"| {21 * split_positives:,} |" in rows["train (split fit) external"]
 
     def peak(line: str) -> float:
         return float(line.split("|")[5].split()[0])
 
-    assert peak(rows["final (every labelled row) external"]) < peak(rows["final (every labelled row) in_memory"])
+    assert peak(rows["final (every labelled row) external"]) < peak(
+        rows["final (every labelled row) in_memory"]
+    )

@@ -205,3 +205,10 @@ def test_belka_shaped_data(tmp_path):
     assert not set(pl.read_parquet(tmp_path / "test-1.parquet")["molecule_smiles"]) & set(
         test["molecule_smiles"]
     )
+
+
+def test_memory_compares_the_largest_with_a_tenth_of_it():
+    """At 1M / 3M / 10M / 30M the peak RSS table is 30M against 3M (the issue's comparison), not against 1M."""
+    text = scale.markdown([result(1), result(3), result(10), result(30)])
+    assert "Peak RSS from nothing, 30M against 3M rows (10.0x the rows):" in text
+    assert "| predict | 1.50 | 15.00 | 10.00 |" in text
