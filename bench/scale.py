@@ -326,8 +326,20 @@ class Pipeline:
                 **base, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
                 "memory_bytes": psutil.virtual_memory().total, "commit": commit,
                 "settings": {key: lookup(params, key) for key in [*SETTINGS, "xgb.n_estimators", "train.model"]},
-                "data_seconds": seconds, "complete": len(scenarios) == len(SCENARIOS), "scenarios": scenarios,
+                "data_seconds": seconds, "complete": len(scenarios) == len(SCENARIOS), "scenarios_asked": scenario_count,
+                "scenarios": scenarios,
             })  # fmt: skip
+
+
+def completeness(result: dict) -> str:
+    """What a size's heading says of its scenarios: nothing when all ran, how many when fewer were asked for
+    (``--scenarios``), or that the run stopped."""
+    if result.get("complete", True):
+        return ""
+    ran = len(result["scenarios"])
+    if result.get("scenarios_asked") == ran:
+        return f", the first {ran} of {len(SCENARIOS)} scenarios (--scenarios {ran})"
+    return ", stopped before the end"
 
 
 def lookup(params: dict, key: str) -> object:
@@ -414,8 +426,7 @@ def size_section(result: dict) -> list[str]:
     settings = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in result["settings"].items())
     return [
         f"### {human(result['rows'])} rows ({result['rows']:,} rows, {result['molecules']:,} molecules; test "
-        f"{result['test_rows']:,} rows)"
-        + ("" if result.get("complete", True) else ", stopped before the end"),
+        f"{result['test_rows']:,} rows)" + completeness(result),
         "",
         f"{result['date']}, {result['cores']} cores, {result['memory_bytes'] / GB:.0f} GB RAM, code "
         f"{result['commit']}; settings: {settings}.",

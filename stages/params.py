@@ -206,7 +206,7 @@ class Resources(Section):
     engine: Literal["local", "dask"] = "local"
     workers: int = Field(ge=0, le=1024)
     threads: int = Field(default=0, ge=0, le=1024)
-    batch_rows: int = Field(default=50_000, ge=1_000, le=50_000_000)
+    batch_rows: int = Field(default=10_000, ge=1_000, le=50_000_000)
     # megabytes evaluate's bootstrap computes in at once (its samples are chunked to fit; the intervals do not
     # depend on it), and at most half of it for a batch's design matrix
     evaluate_memory_mb: int = Field(default=256, ge=64, le=1_048_576)

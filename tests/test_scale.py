@@ -212,3 +212,14 @@ def test_memory_compares_the_largest_with_a_tenth_of_it():
     text = scale.markdown([result(1), result(3), result(10), result(30)])
     assert "Peak RSS from nothing, 30M against 3M rows (10.0x the rows):" in text
     assert "| predict | 1.50 | 15.00 | 10.00 |" in text
+
+
+def test_heading_says_which_scenarios_ran(results):
+    """A size run with --scenarios 1 says so; one that stopped early says that; a complete one says nothing."""
+    asked, stopped = result(1), result(3)
+    asked.update(complete=False, scenarios_asked=1, scenarios=asked["scenarios"][:1])
+    stopped.update(complete=False, scenarios_asked=4, scenarios=stopped["scenarios"][:1])
+    text = scale.markdown([asked, stopped, result(10)])
+    assert "test 5,000 rows), the first 1 of 4 scenarios (--scenarios 1)\n" in text
+    assert "test 15,000 rows), stopped before the end\n" in text
+    assert "test 50,000 rows)\n" in text
