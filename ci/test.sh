@@ -45,4 +45,4 @@ export PATH
 uv --version
 
 uv sync --frozen --extra dev --python python3
-uv run --frozen python -m pytest -n auto "$@"
+uv run --frozen python -m pytest -n auto --dist worksteal "$@"

@@ -271,3 +271,10 @@ def gitlab():
     finally:
         server.shutdown()
         thread.join()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier first, each tier in collection order: its minutes-long tests (real dvc, git, CI jobs) start
+    while the fast tier's seconds-long ones are left to fill the workers' last minutes (pytest -n with
+    --dist worksteal, ci/test.sh), instead of one long test starting last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
