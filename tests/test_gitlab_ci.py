@@ -114,7 +114,7 @@ def test_readme_installs_from_the_lock():
         assert not any("pip install -e" in c or "uv pip" in c for c in commands), commands
     assert "uv sync --frozen --extra dev --python python3\n" in script
     # every tier, on every core; nothing but uv from pip
-    assert script.rstrip().endswith('uv run --frozen python -m pytest -n auto "$@"')
+    assert script.rstrip().endswith('uv run --frozen python -m pytest -n auto --dist worksteal "$@"')
     assert '-m pip install -q --disable-pip-version-check "uv==$UV_VERSION"' in script
     assert "gitlab-ci-local@$GITLAB_CI_LOCAL_VERSION" in script and "apt-get install -y -qq rsync" in script
     pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
